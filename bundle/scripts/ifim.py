@@ -1,0 +1,296 @@
+# Copyright (c) the iFIM bundle contributors.
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Input-dependent Fisher information (iFIM) of a classifier, through the Gram matrix (Sec. III of the paper).
+
+This is the bottom floor of the bundle: pure torch, no MONAI engines, handlers or configs.
+
+Notation (batch dimension omitted): ``x`` has ``d = C_in * prod(spatial)`` entries, the model returns ``C`` logits
+``f(x)``, ``J = d f / d x`` is their ``C x d`` Jacobian.
+
+* Softmax head, eq. 1-4: ``g_c = grad log p_c = J^T (e_c - p)``, ``F = sum_c p_c g_c g_c^T`` (eq. 4).
+  Because ``sum_c p_c g_c = 0`` only logit *differences* matter: pick a reference class ``r`` (the predicted one)
+  and let ``D = [grad(f_j - f_r)]_{j != r}`` (``d x (C-1)``, C-1 backward passes). Then
+  ``F = D S D^T`` with ``S = diag(p~) - p~ p~^T`` over the non-reference classes ``p~``.
+* Sigmoid head (multi-label, independent Bernoulli outputs): ``F = sum_c p_c (1 - p_c) grad f_c grad f_c^T``,
+  i.e. ``D = [grad f_c]`` (C backward passes) and ``S = diag(p (1 - p))``.
+
+Both are ``F = G G^T`` with ``G = D S^{1/2}`` (eq. 5-6 with a different, equivalent square-root factor: the paper's
+``G = [sqrt(p_c) g_c]`` has C columns, one of them redundant since ``G sqrt(p) = sum_c p_c g_c = 0``). The Gram matrix
+``K = G^T G = S^{1/2} (D^T D) S^{1/2}`` (eq. 7) is at most ``C x C``, so F (``d x d``) is never formed. Its eigenpairs
+``K v_i = lambda_i v_i`` (eq. 8) give the non-zero spectrum of F and ``u_i = G v_i / sqrt(lambda_i)`` (eq. 9-11).
+Working with the ``(C-1)``-column factor drops the eigenvalue of eq. 7's K that is zero by construction, so round-off
+in it cannot be mistaken for information. ``K``, ``S`` and the eigendecomposition are computed in float64.
+
+Numerical rank: eigenvalue ``lambda_i`` counts as non-zero when ``lambda_i > rtol * ||D^T D||_2``, i.e. relative to the
+Fisher information a maximally uncertain classifier with the same logit gradients would have. The default
+``rtol = C * eps(logits dtype)``; for a float32 binary model that means a prediction whose probability is within
+float32 rounding of 1 (``p_1 p_2 < 2 * 1.2e-7``) has a numerically zero iFIM: ``rank = 0``, ``k = 0``,
+``x_sens = 0`` and ``x_comp = x``. Nothing divides by a numerically zero eigenvalue, so saturated outputs give finite
+results everywhere.
+
+The decomposition, eq. 13-17: ``k`` is the smallest K whose leading eigenvalues hold a fraction ``rho`` of the total,
+``x_sens = U_K U_K^T x`` and ``x_comp = x - x_sens``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["IFIMResult", "ifim_decompose", "fisher_quadratic", "predictive_probs", "HEADS"]
+
+HEADS = ("softmax", "sigmoid")
+
+
+@dataclass
+class IFIMResult:
+    """The iFIM decomposition of a batch. Every field is batch first.
+
+    Attributes:
+        probs: ``(B, C)`` float64 predictive probabilities (softmax, or per-output sigmoid).
+        eigenvalues: ``(B, C)`` float64 non-zero iFIM eigenvalues, descending, exactly zero past ``rank``.
+        eigenvectors: ``(B, C, C_in, *spatial)`` in ``x``'s dtype; row ``i`` is the unit-norm ``u_i`` for
+            ``i < rank`` and zero otherwise.
+        rank: ``(B,)`` long, numerical rank of F(x) (at most C - 1 for softmax, C for sigmoid).
+        k: ``(B,)`` long, number of leading eigenvectors spanning the sensitive subspace (eq. 13).
+        x_sens: ``(B, C_in, *spatial)``, projection of x onto the leading k eigenvectors (eq. 14, 16).
+        x_comp: ``(B, C_in, *spatial)``, ``x - x_sens`` (eq. 15-17).
+    """
+
+    probs: torch.Tensor
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+    rank: torch.Tensor
+    k: torch.Tensor
+    x_sens: torch.Tensor
+    x_comp: torch.Tensor
+
+    def to_dict(self) -> Dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __getitem__(self, index) -> "IFIMResult":
+        """Select images of the batch, e.g. ``result[0:1]``; integer indices keep the batch dimension."""
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        return IFIMResult(**{name: value[index] for name, value in self.to_dict().items()})
+
+
+def _check_head(head: str) -> None:
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}.")
+
+
+def _check_input(x: torch.Tensor, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+    if x.ndim < 3:
+        raise ValueError(f"{name} must be batch first with a channel axis, (B, C_in, *spatial); got shape "
+                         f"{tuple(x.shape)}.")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating point tensor, got {x.dtype}.")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf values; the iFIM is only defined at finite inputs.")
+
+
+def _check_logits(logits: torch.Tensor, batch: int, head: str) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return one logits tensor of shape (B, C) with B={batch}; got {shape}.")
+    if head == "softmax" and logits.shape[1] < 2:
+        raise ValueError("a softmax head needs at least 2 outputs; use head='sigmoid' for a single-logit model.")
+    if not torch.isfinite(logits).all():
+        raise ValueError("the model returned NaN or Inf logits; the iFIM is undefined there.")
+
+
+class _EvalModeWithGrad:
+    """Context: model in eval mode with autograd on; restores every submodule's training flag on exit.
+
+    Restoring per submodule (not ``model.train(flag)``) keeps mixed modes, e.g. a frozen, eval-mode backbone.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.modes: Dict[nn.Module, bool] = {}
+        self.grad_ctx = torch.enable_grad()
+
+    def __enter__(self) -> nn.Module:
+        self.modes = {m: m.training for m in self.model.modules()}
+        self.model.eval()
+        self.grad_ctx.__enter__()
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        self.grad_ctx.__exit__(*exc)
+        for module, mode in self.modes.items():
+            module.training = mode
+
+
+def predictive_probs(logits: torch.Tensor, head: str = "softmax") -> torch.Tensor:
+    """Predictive probabilities in float64, ``(B, C)``: softmax (eq. 1) or per-output sigmoid."""
+    _check_head(head)
+    logits = logits.detach().double()
+    return torch.softmax(logits, dim=1) if head == "softmax" else torch.sigmoid(logits)
+
+
+def _outer_weights(logits: torch.Tensor, head: str) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """The float64 ``S`` of ``F = D S D^T`` and which logit combinations make the columns of ``D``.
+
+    Returns:
+        probs: ``(B, C)``.
+        weights: ``(B, m, m)`` with ``m = C - 1`` (softmax) or ``C`` (sigmoid).
+        others: ``(B, C - 1, 2)`` long, the (class, reference) pair of each column for softmax; None for sigmoid.
+    """
+    probs = predictive_probs(logits, head)
+    batch, n_out = probs.shape
+    if head == "sigmoid":
+        # p (1 - p) as sigma(f) sigma(-f): no cancellation when p is close to 1.
+        var = probs * torch.sigmoid(-logits.detach().double())
+        return probs, torch.diag_embed(var), None
+    reference = probs.argmax(dim=1)  # the predicted class: its p is >= 1/C, so S stays well conditioned
+    classes = torch.arange(n_out, device=probs.device).expand(batch, n_out)
+    others = classes[classes != reference[:, None]].view(batch, n_out - 1)
+    p_other = probs.gather(1, others)  # each <= 1/2, so diag(p~) - p~ p~^T has no cancellation
+    weights = torch.diag_embed(p_other) - p_other[:, :, None] * p_other[:, None, :]
+    pairs = torch.stack([others, reference[:, None].expand_as(others)], dim=2)
+    return probs, weights, pairs
+
+
+def _logit_gradients(logits: torch.Tensor, x: torch.Tensor, pairs: Optional[torch.Tensor]) -> torch.Tensor:
+    """Columns of ``D`` for the whole batch at once: one backward pass per column, ``(B, m, *x.shape[1:])``.
+
+    Images in an eval-mode model do not interact, so the gradient of the batch sum of a per-image scalar gives each
+    image's own gradient.
+    """
+    batch = x.shape[0]
+    rows = torch.arange(batch, device=logits.device)
+    if pairs is None:
+        scalars = [logits[:, c].sum() for c in range(logits.shape[1])]
+    else:
+        scalars = [(logits[rows, pairs[:, j, 0]] - logits[rows, pairs[:, j, 1]]).sum() for j in range(pairs.shape[1])]
+    grads = []
+    for j, scalar in enumerate(scalars):
+        grad = None
+        if scalar.requires_grad:  # False for a model whose output ignores its input
+            (grad,) = torch.autograd.grad(scalar, x, retain_graph=j < len(scalars) - 1, allow_unused=True)
+        grads.append(torch.zeros_like(x) if grad is None else grad)
+    return grads[0].unsqueeze(1) if len(grads) == 1 else torch.stack(grads, dim=1)
+
+
+def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a batch of float64 PSD matrices, ``(B, m, m)``; round-off negatives clamp to 0."""
+    evals, evecs = torch.linalg.eigh(matrix)
+    return (evecs * evals.clamp_min(0).sqrt()[:, None, :]) @ evecs.transpose(1, 2)
+
+
+def _energy_k(eigenvalues: torch.Tensor, rank: torch.Tensor, rho: float) -> torch.Tensor:
+    """Smallest K with sum_{i<=K} lambda_i >= rho * sum_i lambda_i (eq. 13); 0 where the rank is 0. ``(B,)``."""
+    cumulative = eigenvalues.cumsum(dim=1)
+    total = cumulative[:, -1:]  # eigenvalues past the rank are exactly 0, so this is the last partial sum itself
+    fraction = torch.where(total > 0, cumulative / total.clamp_min(torch.finfo(total.dtype).tiny), 1.0)
+    k = (fraction < rho).sum(dim=1) + 1
+    return torch.minimum(k, rank)
+
+
+def ifim_decompose(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    rho: float = 0.9,
+    head: str = "softmax",
+    rtol: Optional[float] = None,
+) -> IFIMResult:
+    """Exact iFIM eigendecomposition and sensitive / complementary split of a batch of images.
+
+    Args:
+        model: classifier returning one logits tensor ``(B, C)``. Evaluated in eval mode; its (and every
+            submodule's) training flag and every parameter's ``.grad`` are as before afterwards.
+        x: ``(B, C_in, *spatial)`` images, 2D or 3D spatial, any number of channels. Works under ``torch.no_grad()``.
+        rho: energy threshold of eq. 13, in ``(0, 1]``.
+        head: ``"softmax"`` (eq. 1-2, C-1 backward passes) or ``"sigmoid"`` (multi-label, C backward passes).
+        rtol: relative tolerance of the numerical rank (see the module docstring); default ``C * eps``.
+
+    Returns:
+        An :class:`IFIMResult`. Peak memory is O(B * C * d): F (``d x d``) is never formed.
+    """
+    _check_head(head)
+    if not 0.0 < float(rho) <= 1.0:
+        raise ValueError(f"rho must lie in (0, 1], got {rho}.")
+    _check_input(x)
+    batch = x.shape[0]
+    with _EvalModeWithGrad(model) if isinstance(model, nn.Module) else torch.enable_grad():
+        x_leaf = x.detach().requires_grad_(True)
+        logits = model(x_leaf)
+        _check_logits(logits, batch, head)
+        probs, weights, pairs = _outer_weights(logits, head)
+        d_cols = _logit_gradients(logits, x_leaf, pairs)  # (B, m, C_in, *spatial)
+    n_out = probs.shape[1]
+    d_flat = d_cols.reshape(batch, d_cols.shape[1], -1)
+    d64 = d_flat.double()
+    gram_d = d64 @ d64.transpose(1, 2)  # D^T D, (B, m, m)
+    root = _psd_sqrt(weights)
+    gram = root @ gram_d @ root  # K = G^T G with G = D S^{1/2} (eq. 7)
+    evals, evecs = torch.linalg.eigh(gram)  # ascending (eq. 8)
+    evals, evecs = evals.flip(-1), evecs.flip(-1)
+
+    if rtol is None:
+        rtol = n_out * torch.finfo(logits.dtype).eps
+    scale = torch.linalg.eigvalsh(gram_d)[:, -1:].clamp_min(0)  # ||D^T D||_2
+    nonzero = evals > rtol * scale
+    rank = nonzero.sum(dim=1)
+    evals = torch.where(nonzero, evals, 0.0)
+
+    # u_i = G v_i / sqrt(lambda_i) = D (S^{1/2} v_i) / sqrt(lambda_i)  (eq. 9-10), only where lambda_i is non-zero.
+    # ||u_i||^2 = c_i^T (D^T D) c_i = 1 exactly in float64, so only float32 round-off of the product remains (~1e-7).
+    inv_sqrt = torch.where(nonzero, evals.clamp_min(torch.finfo(evals.dtype).tiny).rsqrt(), 0.0)
+    coeffs = ((root @ evecs) * inv_sqrt[:, None, :]).transpose(1, 2)  # (B, m, m): row i builds u_i
+    # Softmax: a zero row for the contract's C-th eigenvector (its eigenvalue is zero by construction), so one
+    # matmul writes the whole (B, C, d) result.
+    coeffs = nn.functional.pad(coeffs, (0, 0, 0, n_out - coeffs.shape[1])).to(d_flat.dtype)
+    u_flat = coeffs @ d_flat  # (B, C, d)
+    eigenvalues = nn.functional.pad(evals, (0, n_out - evals.shape[1]))
+
+    k = _energy_k(eigenvalues, rank, rho)
+    keep = torch.arange(n_out, device=k.device)[None, :] < k[:, None]
+    x_vec = x.detach().reshape(batch, -1, 1).to(u_flat.dtype)
+    proj = (u_flat @ x_vec) * keep[:, :, None].to(u_flat.dtype)  # u_i^T x for the leading k directions, (B, C, 1)
+    x_sens = (proj.transpose(1, 2) @ u_flat).reshape(x.shape).to(x.dtype)  # eq. 14, 16
+    x_comp = x.detach() - x_sens  # eq. 17
+    eigenvectors = u_flat.reshape(batch, n_out, *x.shape[1:])
+    return IFIMResult(probs=probs, eigenvalues=eigenvalues, eigenvectors=eigenvectors, rank=rank, k=k,
+                      x_sens=x_sens, x_comp=x_comp)
+
+
+def fisher_quadratic(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    head: str = "softmax",
+) -> torch.Tensor:
+    """``delta^T F(x) delta`` per image without forming F, ``(B,)`` float64 (the quadratic form of eq. 18, 21).
+
+    One forward-mode pass gives ``J delta`` (``(B, C)``); then for softmax ``delta^T F delta = Var_p[J delta]``
+    (``sum_c p_c (g_c^T delta)^2`` with ``g_c^T delta = (J delta)_c - p^T J delta``) and for sigmoid
+    ``sum_c p_c (1 - p_c) (J delta)_c^2``.
+
+    Args:
+        model: classifier returning ``(B, C)`` logits, evaluated in eval mode (restored afterwards).
+        x: ``(B, C_in, *spatial)``.
+        delta: perturbation shaped like ``x``.
+        head: ``"softmax"`` or ``"sigmoid"``.
+    """
+    _check_head(head)
+    _check_input(x)
+    _check_input(delta, "delta")
+    if delta.shape != x.shape:
+        raise ValueError(f"delta must be shaped like x {tuple(x.shape)}, got {tuple(delta.shape)}.")
+    with _EvalModeWithGrad(model) if isinstance(model, nn.Module) else torch.enable_grad():
+        logits, directional = torch.func.jvp(model, (x.detach(),), (delta.detach().to(x.dtype),))
+    _check_logits(logits, x.shape[0], head)
+    probs = predictive_probs(logits, head)
+    directional = directional.detach().double()
+    if head == "sigmoid":
+        return (probs * torch.sigmoid(-logits.detach().double()) * directional**2).sum(dim=1)
+    centred = directional - (probs * directional).sum(dim=1, keepdim=True)
+    return (probs * centred**2).sum(dim=1)
