@@ -243,3 +243,12 @@ def test_confident_float64_model_keeps_relative_accuracy(n_classes):
     probs = torch.softmax(model(x), 1).detach()
     assert 1e-14 < float(1 - probs.max()) < 1e-6
     _check_against_brute_force(model, x, "softmax")
+
+
+def test_result_indexing_keeps_the_batch_dimension():
+    model, x = _model_and_input(3, shape=(3, 1, 8, 8), seed=15, logit_scale=3.0)
+    result = ifim_decompose(model, x)
+    for index, rows in ((1, [1]), (-1, [2]), (slice(0, 2), [0, 1])):
+        part = result[index]
+        for name, value in part.to_dict().items():
+            assert torch.equal(value, getattr(result, name)[rows]), (index, name)

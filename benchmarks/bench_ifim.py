@@ -1,0 +1,182 @@
+"""Speed and memory of ``ifim_decompose`` against one vanilla input gradient and a naive per-image, per-class loop.
+
+    python benchmarks/bench_ifim.py                  # full table (a few minutes on 2 CPU cores)
+    python benchmarks/bench_ifim.py --quick          # smaller, for a smoke run
+    python benchmarks/bench_ifim.py --device cuda
+
+Prints a table and writes JSON (default ``benchmarks/results/bench_ifim.json``). Times are medians over
+``--repeats`` rounds after one warm-up; within a round the methods alternate, so the ratios compare like with
+like. The target (issue 2): ifim time <= 1.10 x (C - 1) x vanilla-gradient time.
+
+* ``vanilla``: one saliency map, the gradient of log p_predicted w.r.t. the batch (1 forward + 1 backward).
+* ``ifim``: ``ifim_decompose`` on the batch (1 forward + C - 1 backward + Gram, eigendecomposition, projection).
+* ``naive``: a direct reading of Sec. III: for every image and every class a forward and a backward pass for
+  g_c = grad log p_c, then G, K = G^T G, its eigendecomposition, u_i and x_sens for that image.
+
+Peak memory (``scripts.profiling.PeakMemory``): each (case, method) runs once more in a fresh child process, after a
+warm-up on a tiny input, and the rise of the peak above the level before the call is reported: allocator
+statistics on CUDA, the resident-set high-water mark on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
+
+from scripts.ifim import ifim_decompose  # noqa: E402
+from scripts.networks import ShallowCNN  # noqa: E402
+from scripts.profiling import PeakMemory  # noqa: E402
+
+METHODS = ("ifim", "vanilla", "naive")
+
+
+def full_cases() -> List[Dict]:
+    cases = [dict(dims=2, classes=c, size=s, batch=32) for s in (128, 256) for c in (2, 3)]
+    cases.append(dict(dims=3, classes=2, size=48, batch=4))
+    return cases
+
+
+def quick_cases() -> List[Dict]:
+    return [dict(dims=2, classes=c, size=64, batch=8) for c in (2, 3)] + [dict(dims=3, classes=2, size=16, batch=2)]
+
+
+def case_name(case: Dict) -> str:
+    spatial = "x".join([str(case["size"])] * case["dims"])
+    return f"{case['dims']}D C={case['classes']} {spatial} B={case['batch']}"
+
+
+def build(case: Dict, device: torch.device):
+    torch.manual_seed(0)
+    model = ShallowCNN(case["dims"], 1, case["classes"]).to(device).eval()
+    x = torch.randn(case["batch"], 1, *[case["size"]] * case["dims"], device=device)
+    return model, x
+
+
+def vanilla_gradient(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """|grad_x log p_predicted|, one backward pass for the batch: the cost of a saliency map."""
+    x = x.detach().requires_grad_(True)
+    log_probs = torch.log_softmax(model(x), dim=1)
+    (grad,) = torch.autograd.grad(log_probs.max(dim=1).values.sum(), x)
+    return grad.abs()
+
+
+def naive_ifim(model: torch.nn.Module, x: torch.Tensor, rho: float = 0.9) -> torch.Tensor:
+    """Per image, per class: g_c from its own forward/backward, then eq. 5-17 for that image. Returns x_sens."""
+    out = []
+    for image in x:
+        image = image[None]
+        n_classes = model(image).shape[1]
+        cols = []
+        for c in range(n_classes):
+            z = image.detach().requires_grad_(True)
+            log_p = torch.log_softmax(model(z), dim=1)
+            (grad,) = torch.autograd.grad(log_p[0, c], z)
+            cols.append(log_p[0, c].exp().detach().sqrt() * grad.reshape(-1))
+        g = torch.stack(cols, dim=1).double()  # (d, C), eq. 5
+        evals, evecs = torch.linalg.eigh(g.T @ g)  # eq. 7-8
+        evals, evecs = evals.flip(0), evecs.flip(1)
+        positive = evals > evals[0] * 1e-7
+        evals, evecs = evals[positive], evecs[:, positive]
+        k = int((evals.cumsum(0) / evals.sum() < rho).sum()) + 1  # eq. 13
+        u = (g @ evecs[:, :k]) / evals[:k].sqrt()  # eq. 9
+        out.append((u @ (u.T @ image.reshape(-1).double())).reshape(image.shape).float())  # eq. 14
+    return torch.cat(out)
+
+
+def run_method(method: str, model, x) -> Callable[[], object]:
+    if method == "ifim":
+        return lambda: ifim_decompose(model, x)
+    if method == "vanilla":
+        return lambda: vanilla_gradient(model, x)
+    return lambda: naive_ifim(model, x)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_methods(fns: Dict[str, Callable[[], object]], repeats: int, device: torch.device) -> Dict[str, float]:
+    """Median seconds per call. Methods alternate within each round, so drift of a noisy machine hits all alike."""
+    for fn in fns.values():  # warm-up
+        fn()
+    sync(device)
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_memory_mib(case: Dict, method: str, device: torch.device) -> float:
+    child = subprocess.run([sys.executable, __file__, "--child", json.dumps(case), method, str(device)],
+                           capture_output=True, text=True, check=True)
+    return float(child.stdout.strip().splitlines()[-1])
+
+
+def child_main(case_json: str, method: str, device: str) -> None:
+    """Peak memory rise of one call in this fresh process, after a warm-up on a tiny input loads every kernel."""
+    case, device = json.loads(case_json), torch.device(device)
+    model, x = build(case, device)
+    run_method(method, model, x[:1, ..., :8, :8])()
+    with PeakMemory(device) as peak:
+        run_method(method, model, x)()
+    print(peak.rise_bytes / 2**20)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="small cases, for a smoke run")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "bench_ifim.json"))
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child_main(*args.child)
+        return
+    device = torch.device(args.device)
+    rows = []
+    header = (f"{'case':<26}{'ifim img/s':>11}{'vanilla img/s':>14}{'naive img/s':>12}"
+              f"{'ifim/((C-1)*van)':>18}{'naive/ifim':>11}{'peak MiB ifim/van/naive':>26}")
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    print(header)
+    for case in quick_cases() if args.quick else full_cases():
+        model, x = build(case, device)
+        seconds = time_methods({m: run_method(m, model, x) for m in METHODS}, args.repeats, device)
+        memory = {m: None if args.no_memory else peak_memory_mib(case, m, device) for m in METHODS}
+        ratio = seconds["ifim"] / ((case["classes"] - 1) * seconds["vanilla"])
+        row = dict(case=case_name(case), **case, seconds=seconds,
+                   images_per_s={m: case["batch"] / s for m, s in seconds.items()},
+                   ifim_over_cm1_vanilla=ratio, naive_over_ifim=seconds["naive"] / seconds["ifim"],
+                   peak_mib=memory)
+        rows.append(row)
+        mem = "/".join("-" if memory[m] is None else f"{memory[m]:.0f}" for m in METHODS)
+        ips = row["images_per_s"]
+        print(f"{row['case']:<26}{ips['ifim']:>11.1f}{ips['vanilla']:>14.1f}{ips['naive']:>12.1f}"
+              f"{ratio:>18.3f}{row['naive_over_ifim']:>11.1f}{mem:>26}", flush=True)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(torch=torch.__version__, device=str(device), threads=torch.get_num_threads(),
+                machine=platform.machine(), processor=platform.processor(), repeats=args.repeats)
+    output.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
