@@ -1,22 +1,49 @@
 # Copyright (c) the iFIM bundle contributors.
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""Data for the bundle's tasks.
+"""Datalists for the paper's three tasks (Sec. IV-A), from a user's local copy laid out as the public release is.
 
-So far: a procedural SKS/BKS phantom, the fast offline stand-in for the paper's MRI task (Sec. IV-A) where tests
-and demonstrations need speed. The real-layout datalist builders (Kermany OCT, NIH ChestX-ray14, HCP, the MNI152
-default) come with the data issue.
+Every builder returns a MONAI-style datalist ``{"training": [...], "validation": [...], "test": [...]}`` of dicts
+(``{"image": path, "label": int, ...}``), seeded and reproducible, and writes it as JSON when given a path.
+
+* :func:`build_oct_datalist`: Kermany OCT, ``{train,test}/{NORMAL,DRUSEN,CNV,DME}/*.jpeg``; DME excluded.
+* :func:`build_cxr_datalist`: NIH ChestX-ray14, ``Data_Entry_2017.csv`` and ``images_*/images/*.png``.
+* :func:`build_hcp_datalist`: HCP-style subject folders with a T1w volume and a white-matter source.
+* :func:`build_sksbks_datalist`: the offline default, SKS/BKS on the MNI152 2009 templates inside nilearn's wheel.
+* :func:`phantom_dataset`: an in-memory procedural SKS/BKS phantom for tests and quick demonstrations.
+
+Splits never share a patient (OCT, CXR) or subject (HCP); the MNI default has one brain, so its splits use
+disjoint blocks of axial slices instead. The MRI builders cut axial slices once into small 2D NIfTI files under a
+cache folder (loading a whole volume per sample would dominate training time); each entry carries its own
+``seed``, which :func:`scripts.transforms.mri_transforms` uses for augmentation and the signal, so every entry is
+one fixed image, as in the paper's fixed SKS/BKS set.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+import csv
+import json
+import logging
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+import nibabel as nib
 import numpy as np
 import torch
 
 from .transforms import InsertGaussianSignald
 
-__all__ = ["phantom_slice", "phantom_dataset"]
+__all__ = ["phantom_slice", "phantom_dataset", "split_by_group", "write_datalist", "build_oct_datalist",
+           "build_cxr_datalist", "build_hcp_datalist", "build_sksbks_datalist", "mni152_template_paths",
+           "SPLITS", "OCT_CLASSES"]
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("training", "validation", "test")
+OCT_CLASSES = ("NORMAL", "DRUSEN", "CNV")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
 def phantom_slice(size: int, rng: np.random.RandomState) -> Tuple[np.ndarray, np.ndarray]:
@@ -67,3 +94,301 @@ def phantom_dataset(n: int, size: int = 64, seed: int = 0, prob: float = 0.5,
         image, mask = phantom_slice(size, rng)
         samples.append(inserter({"image": torch.from_numpy(image), "mask": torch.from_numpy(mask)}))
     return samples
+
+
+def write_datalist(datalist: Mapping[str, List[dict]], path: os.PathLike) -> Path:
+    """Write a datalist as JSON atomically (a temporary file in the same folder, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(datalist, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _finish(datalist: Dict[str, List[dict]], output_json: Optional[os.PathLike]) -> Dict[str, List[dict]]:
+    if output_json is not None:
+        write_datalist(datalist, output_json)
+    return datalist
+
+
+def _require_dir(path: os.PathLike, what: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} folder not found: {path}")
+    return path
+
+
+def split_by_group(items: Sequence[dict], counts: Mapping[str, Mapping[int, int]], seed: int = 0,
+                   group_key: str = "patient", label_key: str = "label") -> Dict[str, List[dict]]:
+    """Choose ``counts[split][label]`` items per split and label so that no group (patient) is in two splits.
+
+    Groups are visited in a seeded random order; each goes, among the splits it can help (it has items of a label
+    that split still needs), to the one with the largest share of its request still unmet, so small splits fill in
+    step with large ones. Raises ``ValueError`` naming the split and label when the items cannot fill a count.
+    """
+    rng = np.random.RandomState(seed)
+    by_group: Dict[str, Dict[int, List[dict]]] = defaultdict(lambda: defaultdict(list))
+    for item in items:
+        by_group[str(item[group_key])][int(item[label_key])].append(item)
+    need = {split: dict(per_label) for split, per_label in counts.items()}
+    chosen: Dict[str, List[dict]] = {split: [] for split in counts}
+    for group in rng.permutation(sorted(by_group)):
+        per_label = by_group[group]
+        fill = {split: sum(min(need[split].get(lab, 0), len(v)) for lab, v in per_label.items()) for split in need}
+        helped = [sp for sp in need if fill[sp] > 0]
+        if not helped:
+            continue
+        split = max(helped, key=lambda sp: (sum(need[sp].values()) / max(1, sum(counts[sp].values())), fill[sp]))
+        for lab, group_items in sorted(per_label.items()):
+            take = min(need[split].get(lab, 0), len(group_items))
+            picks = rng.permutation(len(group_items))[:take]
+            chosen[split].extend(group_items[i] for i in sorted(picks))
+            need[split][lab] = need[split].get(lab, 0) - take
+    for split, per_label in need.items():
+        for lab, missing in per_label.items():
+            if missing > 0:
+                have = counts[split][lab] - missing
+                raise ValueError(f"not enough images with label {lab} for the {split} split: need "
+                                 f"{counts[split][lab]}, could place {have} without sharing a patient across splits.")
+    for split in chosen:
+        chosen[split] = [chosen[split][i] for i in rng.permutation(len(chosen[split]))]
+    return chosen
+
+
+def _per_class_counts(per_class: Sequence[int], labels: Iterable[int]) -> Dict[str, Dict[int, int]]:
+    if len(per_class) != 3:
+        raise ValueError(f"per_class must give (training, validation, test) counts, got {tuple(per_class)}.")
+    return {split: {lab: int(n) for lab in labels} for split, n in zip(SPLITS, per_class)}
+
+
+def build_oct_datalist(root: os.PathLike, per_class: Sequence[int] = (2000, 100, 100), seed: int = 0,
+                       classes: Sequence[str] = OCT_CLASSES, output_json: Optional[os.PathLike] = None
+                       ) -> Dict[str, List[dict]]:
+    """Kermany retinal OCT (normal / drusen / CNV; DME excluded), from ``root/{train,test}/{CLASS}/*.jpeg``.
+
+    Training and validation come from ``train/``, test from ``test/``; patients (the middle field of
+    ``CNV-1016042-1.jpeg``) are never shared between splits, and test patients are kept out of training and
+    validation. Labels follow ``classes`` order (default NORMAL 0, DRUSEN 1, CNV 2).
+
+    Args:
+        root: folder holding ``train/`` and ``test/`` (e.g. ``OCT2017/`` of the public release).
+        per_class: images per class for (training, validation, test); paper: 2000, 100, 100.
+    """
+    root = _require_dir(root, "Kermany OCT root")
+    found: Dict[str, List[dict]] = {}
+    for folder in ("train", "test"):
+        items = []
+        for label, cls in enumerate(classes):
+            class_dir = _require_dir(root / folder / cls, f"OCT class {cls}")
+            for path in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+                parts = path.stem.split("-")
+                patient = parts[1] if len(parts) >= 3 else path.stem
+                items.append({"image": str(path), "label": label, "class": cls, "patient": patient})
+        found[folder] = items
+    counts = _per_class_counts(per_class, range(len(classes)))
+    test_patients = {item["patient"] for item in found["test"]}
+    train_pool = [item for item in found["train"] if item["patient"] not in test_patients]
+    datalist = split_by_group(train_pool, {k: counts[k] for k in SPLITS[:2]}, seed=seed)
+    datalist.update(split_by_group(found["test"], {"test": counts["test"]}, seed=seed + 1))
+    return _finish({split: datalist[split] for split in SPLITS}, output_json)
+
+
+def build_cxr_datalist(root: os.PathLike, per_class: Sequence[int] = (800, 50, 70), seed: int = 0,
+                       negative: str = "No Finding", csv_name: str = "Data_Entry_2017.csv",
+                       output_json: Optional[os.PathLike] = None) -> Dict[str, List[dict]]:
+    """NIH ChestX-ray14 cardiomegaly detection: label 1 if "Cardiomegaly" is among the finding labels, 0 for the
+    negatives, from ``root/Data_Entry_2017.csv`` and the PNGs anywhere under ``root`` (``images_*/images/``).
+
+    Args:
+        root: the release folder.
+        per_class: images per class for (training, validation, test); paper: 800, 50, 70.
+        negative: ``"No Finding"`` (default: images with no finding at all) or ``"any"`` (every image without
+            cardiomegaly, other findings allowed).
+
+    Splits are patient-disjoint ("Patient ID"). Rows whose image is not on disk are skipped with a warning, so a
+    partial copy works when it holds enough images.
+    """
+    root = _require_dir(root, "NIH ChestX-ray14 root")
+    csv_path = root / csv_name
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"NIH label file not found: {csv_path}")
+    if negative not in ("No Finding", "any"):
+        raise ValueError(f"negative must be 'No Finding' or 'any', got {negative!r}.")
+    on_disk = {p.name: p for p in root.rglob("*.png")}
+    items, missing = [], 0
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        required = {"Image Index", "Finding Labels", "Patient ID"}
+        if not required <= set(reader.fieldnames or ()):
+            raise ValueError(f"{csv_path} lacks the columns {sorted(required - set(reader.fieldnames or ()))}.")
+        for row in reader:
+            findings = row["Finding Labels"].split("|")
+            if "Cardiomegaly" in findings:
+                label = 1
+            elif negative == "any" or findings == ["No Finding"]:
+                label = 0
+            else:
+                continue
+            path = on_disk.get(row["Image Index"])
+            if path is None:
+                missing += 1
+                continue
+            items.append({"image": str(path), "label": label, "patient": row["Patient ID"]})
+    if missing:
+        logger.warning("%d images listed in %s are not under %s and were skipped.", missing, csv_path, root)
+    datalist = split_by_group(items, _per_class_counts(per_class, (0, 1)), seed=seed)
+    return _finish(datalist, output_json)
+
+
+# ---- SKS/BKS MRI: axial slices of T1w volumes with a white-matter mask ----------------------------------------
+
+
+def _write_nifti_atomic(array: np.ndarray, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".nii.gz")
+    os.close(fd)
+    try:
+        nib.save(nib.Nifti1Image(array, np.eye(4)), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load_volume(path: Path) -> np.ndarray:
+    try:
+        return np.asarray(nib.load(str(path)).dataobj)
+    except Exception as err:  # nibabel raises several types for truncated or foreign files
+        raise ValueError(f"cannot read NIfTI volume {path}: {err}") from err
+
+
+def _axial_slices(t1_path: Path, wm: np.ndarray, out_dir: Path, subject: str, min_wm_voxels: int) -> List[dict]:
+    """Write the axial slices of a volume holding at least ``min_wm_voxels`` white-matter voxels as 2D NIfTI files
+    (image float32, mask uint8), oriented anterior up; return their records."""
+    t1 = _load_volume(t1_path).astype(np.float32)
+    if t1.ndim != 3 or t1.shape != wm.shape:
+        raise ValueError(f"{t1_path} has shape {t1.shape}; expected a 3D volume shaped like its white-matter mask "
+                         f"{wm.shape}.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for z in range(t1.shape[2]):
+        mask = wm[:, :, z]
+        if mask.sum() < min_wm_voxels:
+            continue
+        names = [out_dir / f"{subject}_z{z:03d}_{kind}.nii.gz" for kind in ("t1", "wm")]
+        if not all(n.exists() for n in names):  # the cache is reused across builds
+            _write_nifti_atomic(np.ascontiguousarray(np.rot90(t1[:, :, z])), names[0])
+            _write_nifti_atomic(np.ascontiguousarray(np.rot90(mask)).astype(np.uint8), names[1])
+        records.append({"image": str(names[0]), "mask": str(names[1]), "subject": subject, "slice": z})
+    return records
+
+
+def _slice_entries(records: Sequence[dict], n: int, seed: int) -> List[dict]:
+    """``n`` entries cycling through shuffled slice records, each with a distinct per-entry ``seed``."""
+    if n and not records:
+        raise ValueError("no slice holds enough white matter to build entries from.")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(records)) if records else []
+    seeds = rng.choice(2**31 - 1, size=n, replace=False)  # Generator.choice samples without a full permutation
+    return [dict(records[order[i % len(records)]], seed=int(seeds[i])) for i in range(n)]
+
+
+def _check_counts(counts: Sequence[int]) -> Tuple[int, int, int]:
+    if len(counts) != 3 or min(counts) < 0:
+        raise ValueError(f"counts must give (training, validation, test) entry numbers >= 0, got {tuple(counts)}.")
+    return tuple(int(c) for c in counts)
+
+
+def build_hcp_datalist(root: os.PathLike, cache_dir: os.PathLike, counts: Sequence[int] = (8904, 1113, 1113),
+                       seed: int = 0, t1_pattern: str = "T1w/T1w_acpc_dc_restore_brain.nii.gz",
+                       aseg_pattern: Optional[str] = "T1w/aparc+aseg.nii.gz", wm_labels: Sequence[int] = (2, 41),
+                       wm_prob_pattern: Optional[str] = None, wm_threshold: float = 0.5, min_wm_voxels: int = 500,
+                       split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                       output_json: Optional[os.PathLike] = None) -> Dict[str, List[dict]]:
+    """SKS/BKS entries from HCP-style subjects, ``root/{subject}/T1w/...``; subject-disjoint splits.
+
+    White matter comes from a FreeSurfer ``aparc+aseg`` volume (labels 2 and 41, cerebral white matter) or, when
+    ``wm_prob_pattern`` is given, from a probability map above ``wm_threshold``. Axial slices with at least
+    ``min_wm_voxels`` white-matter voxels are written to ``cache_dir``; ``counts`` entries per split cycle over them
+    with distinct seeds (so each slice backs several images with different augmentation and signal draws).
+
+    Args:
+        root: folder of subject folders.
+        cache_dir: where the 2D slice files go (reused on later builds).
+        counts: entries for (training, validation, test); paper: 8904, 1113, 1113.
+        split_fractions: share of subjects per split (at least one subject each).
+    """
+    root = _require_dir(root, "HCP subjects root")
+    counts = _check_counts(counts)
+    subjects = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if len(subjects) < 3:
+        raise ValueError(f"{root} holds {len(subjects)} subject folders; subject-disjoint splits need at least 3.")
+    records: Dict[str, List[dict]] = {}
+    for subject in subjects:
+        t1_path = root / subject / t1_pattern
+        if wm_prob_pattern is not None:
+            wm_path = root / subject / wm_prob_pattern
+        elif aseg_pattern is not None:
+            wm_path = root / subject / aseg_pattern
+        else:
+            raise ValueError("give aseg_pattern (FreeSurfer labels) or wm_prob_pattern (probability map).")
+        for path in (t1_path, wm_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"subject {subject}: file not found: {path}")
+        source = _load_volume(wm_path)
+        wm = source > wm_threshold if wm_prob_pattern is not None else np.isin(source, list(wm_labels))
+        records[subject] = _axial_slices(t1_path, wm, Path(cache_dir), subject, min_wm_voxels)
+    order = list(np.random.RandomState(seed).permutation(subjects))
+    n_val = max(1, int(round(split_fractions[1] * len(order))))
+    n_test = max(1, int(round(split_fractions[2] * len(order))))
+    groups = {"validation": order[:n_val], "test": order[n_val:n_val + n_test], "training": order[n_val + n_test:]}
+    datalist = {split: _slice_entries([r for s in groups[split] for r in records[s]], n, seed + i)
+                for i, (split, n) in enumerate(zip(SPLITS, counts))}
+    return _finish(datalist, output_json)
+
+
+def mni152_template_paths() -> Tuple[Path, Path]:
+    """The MNI152 2009 T1 and white-matter templates inside nilearn's wheel (nilearn only locates them)."""
+    from nilearn.datasets import struct  # imported here: nilearn is slow to import and only needed for this
+
+    paths = Path(struct.MNI152_FILE_PATH), Path(struct.WM_MNI152_FILE_PATH)
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"MNI152 template not found at {path}; is nilearn installed in full?")
+    return paths
+
+
+def build_sksbks_datalist(cache_dir: os.PathLike, counts: Sequence[int] = (8904, 1113, 1113), seed: int = 0,
+                          wm_threshold: float = 0.5, min_wm_voxels: int = 500, block: int = 8,
+                          output_json: Optional[os.PathLike] = None) -> Dict[str, List[dict]]:
+    """The offline default SKS/BKS task on the MNI152 2009 templates that ship inside nilearn's wheel.
+
+    Axial slices whose white-matter probability exceeds ``wm_threshold`` in at least ``min_wm_voxels`` voxels are
+    cut once into ``cache_dir``. One brain has no subjects to split, so slices are grouped into blocks of ``block``
+    neighbours and whole blocks go to one split (8 : 1 : 1, seeded), keeping near-identical neighbours apart.
+    Background variability then comes from the slice, a flip, a small affine and elastic deformation and intensity
+    jitter, drawn per entry (see :func:`scripts.transforms.mri_transforms`).
+
+    Args:
+        cache_dir: where the 2D slice files go (reused on later builds).
+        counts: entries for (training, validation, test); paper: 8904, 1113, 1113.
+    """
+    counts = _check_counts(counts)
+    t1_path, wm_path = mni152_template_paths()
+    wm_raw = _load_volume(wm_path).astype(np.float32)
+    wm = wm_raw / (255.0 if wm_raw.max() > 1 else 1.0) > wm_threshold  # the template stores probability x 255
+    records = _axial_slices(t1_path, wm, Path(cache_dir), "mni152", min_wm_voxels)
+    blocks = defaultdict(list)
+    for record in records:
+        blocks[record["slice"] // block].append(record)
+    keys = list(np.random.RandomState(seed).permutation(sorted(blocks)))
+    n_held = max(1, len(keys) // 10)
+    groups = {"validation": keys[:n_held], "test": keys[n_held:2 * n_held], "training": keys[2 * n_held:]}
+    datalist = {split: _slice_entries([r for b in sorted(groups[split]) for r in blocks[b]], n, seed + i)
+                for i, (split, n) in enumerate(zip(SPLITS, counts))}
+    return _finish(datalist, output_json)

@@ -1,23 +1,52 @@
 # Copyright (c) the iFIM bundle contributors.
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""MONAI transforms of the bundle: the SKS/BKS signal insertion of the paper's MRI task (Sec. IV-A).
+"""MONAI transforms of the bundle and the modality chains of the paper's three tasks (Sec. IV-A).
 
-A signal-present image gets exactly one Gaussian blob, ``amplitude * exp(-|r - c|^2 / (2 sigma^2))``, added to every
-channel, with its centre ``c`` drawn uniformly among the voxels of a white-matter mask and its amplitude drawn
-uniformly in ``amplitude_range`` (paper: 0.1-0.35). A signal-absent image is returned unchanged.
+* SKS/BKS signal insertion: a signal-present image gets exactly one Gaussian blob,
+  ``amplitude * exp(-|r - c|^2 / (2 sigma^2))``, added to every channel, with its centre ``c`` drawn uniformly among
+  the voxels of a white-matter mask and its amplitude uniformly in ``amplitude_range`` (paper: 0.1-0.35). A
+  signal-absent image is returned unchanged.
+* Small pieces MONAI lacks: RGB-to-grayscale, MONOCHROME1 inversion for DICOM (MONAI's ``PydicomReader`` applies
+  RescaleSlope/Intercept but not the photometric interpretation), and per-sample seeding so that every datalist
+  entry is one fixed image.
+* Chains (``Compose`` factories): :func:`oct_transforms`, :func:`cxr_transforms`, :func:`mri_transforms`.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Dict, Hashable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import pydicom
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.data import PILReader, PydicomReader
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Rand2DElasticd,
+    RandAffined,
+    RandFlipd,
+    RandomizableTransform,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Resized,
+    ResizeWithPadOrCropd,
+    ScaleIntensityd,
+    ScaleIntensityRangePercentilesd,
+    ThreadUnsafe,
+    ThresholdIntensityd,
+    Transform,
+)
 from monai.utils import convert_to_tensor
 
-__all__ = ["gaussian_blob", "InsertGaussianSignal", "InsertGaussianSignald", "SIGNAL_KEYS"]
+__all__ = ["gaussian_blob", "InsertGaussianSignal", "InsertGaussianSignald", "SIGNAL_KEYS", "EnsureGrayscale",
+           "EnsureGrayscaled", "InvertMonochrome1", "InvertMonochrome1d", "PerSampleSeedd", "oct_transforms",
+           "cxr_transforms", "mri_transforms", "LoadImageCheckedd"]
 
 # Keys InsertGaussianSignald writes (after the ``meta_prefix``); absent signals get centre -1, sigma 0, amplitude 0.
 SIGNAL_KEYS = ("signal_center", "signal_sigma", "signal_amplitude")
@@ -149,3 +178,184 @@ class InsertGaussianSignald(RandomizableTransform, MapTransform):
         d[f"{self.meta_prefix}signal_sigma"] = float(ins.sigma)
         d[f"{self.meta_prefix}signal_amplitude"] = float(ins.amplitude)
         return d
+
+
+class EnsureGrayscale(Transform):
+    """``(C, *spatial) -> (1, *spatial)``: one channel passes, RGB(A) becomes ITU-R BT.601 luma (alpha dropped)."""
+
+    LUMA = (0.299, 0.587, 0.114)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        channels = img.shape[0]
+        if channels == 1:
+            return img
+        if channels not in (3, 4):
+            raise ValueError(f"expected 1 (gray), 3 (RGB) or 4 (RGBA) channels first, got shape {tuple(img.shape)}.")
+        weights = torch.as_tensor(self.LUMA, dtype=img.dtype, device=img.device)
+        return (img[:3] * weights.view(3, *[1] * (img.ndim - 1))).sum(0, keepdim=True)
+
+
+class EnsureGrayscaled(MapTransform):
+    """Dictionary version of :class:`EnsureGrayscale`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.converter = EnsureGrayscale()
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class InvertMonochrome1(Transform):
+    """Invert a DICOM image whose PhotometricInterpretation is MONOCHROME1 (low values white), within its range.
+
+    The tag is read from the header of the file named in the image's ``filename_or_obj`` meta (pixels not read
+    again); non-DICOM inputs pass unchanged. Apply after loading (rescale slope/intercept already applied by MONAI's
+    ``PydicomReader``) and before intensity scaling.
+    """
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        path = getattr(img, "meta", {}).get("filename_or_obj")
+        if not path or not str(path).lower().endswith((".dcm", ".dicom")):
+            return img
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PhotometricInterpretation"])
+        except Exception as err:  # pydicom raises several types for unreadable headers
+            raise ValueError(f"cannot read the DICOM header of {path}: {err}") from err
+        if str(header.get("PhotometricInterpretation", "")).upper() != "MONOCHROME1":
+            return img
+        return img.max() + img.min() - img
+
+
+class InvertMonochrome1d(MapTransform):
+    """Dictionary version of :class:`InvertMonochrome1`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.inverter = InvertMonochrome1()
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.inverter(d[key])
+        return d
+
+
+class PerSampleSeedd(Transform, ThreadUnsafe):
+    """Run random transforms seeded by the sample's own ``seed_key``: each datalist entry is one fixed image.
+
+    MONAI random transforms draw from their own generator, which depends on call order and worker; seeding from the
+    entry makes a test set the same images on every pass, in any order, with any number of workers. The output is
+    a deterministic function of the entry, so this is deliberately not a ``Randomizable``: ``CacheDataset`` and
+    ``PersistentDataset`` cache through it, which is what makes a fixed SKS/BKS set cheap to train on. It reseeds
+    its inner transforms on every call, so it is ``ThreadUnsafe``: MONAI deep-copies it for threaded caching.
+
+    Args:
+        transforms: the random (and other) dictionary transforms to run.
+        seed_key: key of the integer seed every sample must carry.
+    """
+
+    def __init__(self, transforms: Sequence[Transform], seed_key: str = "seed"):
+        self.compose = Compose(list(transforms))
+        self.seed_key = seed_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
+        if self.seed_key not in data:
+            raise KeyError(f"PerSampleSeedd needs an integer seed under key {self.seed_key!r} in every sample; "
+                           "build the datalist with scripts.data, or pass seed_key=None for fresh random draws.")
+        self.compose.set_random_state(seed=int(data[self.seed_key]))
+        return self.compose(dict(data))
+
+
+class LoadImageCheckedd(LoadImaged):
+    """``LoadImaged`` whose errors name the file: a missing path raises ``FileNotFoundError`` and an unreadable
+    one ``ValueError`` (MONAI alone reports both as "cannot find a suitable reader")."""
+
+    def __call__(self, data, reader=None):
+        d = dict(data)
+        files = {key: d[key] for key in self.key_iterator(d) if isinstance(d[key], (str, os.PathLike))}
+        for key, path in files.items():
+            if not Path(path).expanduser().is_file():
+                raise FileNotFoundError(f"{key!r}: image file not found: {path}")
+        try:
+            return super().__call__(d, reader)
+        except Exception as err:
+            cause = err.__cause__ or err
+            raise ValueError(f"cannot read {', '.join(f'{k!r} file {p}' for k, p in files.items())}: "
+                             f"{str(cause).splitlines()[0]}") from err
+
+
+def _load(keys: Sequence[str], **kwargs) -> LoadImageCheckedd:
+    return LoadImageCheckedd(keys=list(keys), image_only=True, ensure_channel_first=True, **kwargs)
+
+
+def oct_transforms(size: int = 256, keys: Sequence[str] = ("image",)) -> Compose:
+    """Retinal OCT (Kermany JPEG/PNG): load, to one gray channel, resize to ``size^2``, scale to [0, 1]."""
+    return Compose([
+        _load(keys, reader=PILReader(reverse_indexing=False)),  # rows x cols, as numpy and PIL show images
+        EnsureGrayscaled(keys),
+        Resized(keys, spatial_size=(size, size), mode="area"),
+        ScaleIntensityd(keys, minv=0.0, maxv=1.0),
+        EnsureTyped(keys, track_meta=False),
+    ])
+
+
+def cxr_transforms(size: int = 256, keys: Sequence[str] = ("image",)) -> Compose:
+    """Chest X-ray (NIH PNG, or DICOM): load (DICOM rescale slope/intercept applied by the reader), invert
+    MONOCHROME1, to one gray channel, resize to ``size^2`` (NIH images are 1024^2), scale to [0, 1]."""
+    return Compose([
+        _load(keys, reader=[PILReader(reverse_indexing=False), PydicomReader(swap_ij=False)]),
+        InvertMonochrome1d(keys),
+        EnsureGrayscaled(keys),
+        Resized(keys, spatial_size=(size, size), mode="area"),
+        ScaleIntensityd(keys, minv=0.0, maxv=1.0),
+        EnsureTyped(keys, track_meta=False),
+    ])
+
+
+def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True, signal: bool = True,
+                   prob: float = 0.5, amplitude_range: Tuple[float, float] = (0.1, 0.35),
+                   sigma: Optional[Range] = None, seed_key: Optional[str] = "seed") -> Compose:
+    """SKS/BKS MRI: a NIfTI slice (2D) or volume (3D) and its binary white-matter mask -> normalized image with, in
+    about ``prob`` of the samples, one Gaussian signal inside the (augmented) white matter.
+
+    Steps: load image and mask; resize the longest side to ``size`` and pad to ``size^2`` (or ``size^3``), keeping
+    the aspect; map the 0-99.5th intensity percentiles to [0, 1]; with ``augment``, background variability from a
+    left-right flip, a small affine (rotation 0.1 rad, scale 5 %, shift 4 % of ``size``), a mild elastic deformation
+    (2D) and intensity jitter (scale and shift 5 %); then the signal (:class:`InsertGaussianSignald`, sigma default
+    ``size / 24``). Random steps are seeded per entry through :class:`PerSampleSeedd` with ``seed_key``, so the
+    chain is deterministic per entry and ``CacheDataset`` can hold its outputs; ``seed_key=None`` draws afresh on
+    every call instead (on-the-fly augmentation, not cacheable).
+
+    Output keys: ``image`` ``(1, *spatial)`` float32, ``mask``, ``label`` and the signal keys.
+    """
+    keys = ("image", "mask")
+    spatial = (size,) * spatial_dims
+    random_steps = []
+    if augment:
+        shift = 0.04 * size
+        random_steps += [
+            RandFlipd(keys, prob=0.5, spatial_axis=spatial_dims - 2 if spatial_dims == 2 else 0),
+            RandAffined(keys, prob=1.0, rotate_range=0.1 if spatial_dims == 2 else (0.1, 0.1, 0.1),
+                        scale_range=0.05, translate_range=shift, mode=("bilinear", "nearest"), padding_mode="zeros"),
+        ]
+        if spatial_dims == 2:
+            random_steps.append(Rand2DElasticd(keys, spacing=size // 8, magnitude_range=(0.5, 1.5), prob=0.5,
+                                               mode=("bilinear", "nearest"), padding_mode="zeros"))
+        random_steps += [RandScaleIntensityd("image", factors=0.05, prob=1.0),
+                         RandShiftIntensityd("image", offsets=0.05, prob=1.0)]
+    if signal:
+        random_steps.append(InsertGaussianSignald(keys="image", mask_key="mask", label_key="label", prob=prob,
+                                                  amplitude_range=amplitude_range, sigma=sigma or size / 24))
+    return Compose([
+        _load(keys),
+        Resized(keys, spatial_size=size, size_mode="longest", mode=("area", "nearest")),
+        ResizeWithPadOrCropd(keys, spatial_size=spatial),
+        ScaleIntensityRangePercentilesd("image", lower=0.0, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
+        ThresholdIntensityd("mask", threshold=0.5, above=True, cval=0.0),
+        PerSampleSeedd(random_steps, seed_key=seed_key) if seed_key else Compose(random_steps),
+        EnsureTyped(keys, track_meta=False),
+    ])
