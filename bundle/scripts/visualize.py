@@ -17,7 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 
-__all__ = ["contrast_adjust", "jet_overlay", "decomposition_figure", "save_figure_atomic"]
+__all__ = ["contrast_adjust", "jet_overlay", "decomposition_figure", "sample_grid_figure", "save_figure_atomic"]
+
+Box = Tuple[Sequence[float], float]  # (centre (row, col), half width) of a known signal
 
 
 def contrast_adjust(values: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
@@ -59,7 +61,7 @@ def save_figure_atomic(fig: plt.Figure, path: os.PathLike, dpi: int = 100) -> Pa
 
 
 def decomposition_figure(image: np.ndarray, x_sens: np.ndarray, x_comp: np.ndarray, title: str = "",
-                         box: Optional[Tuple[Sequence[float], float]] = None) -> plt.Figure:
+                         box: Optional[Box] = None) -> plt.Figure:
     """Image | |x_sens| | |x_comp| side by side, the maps in contrast-adjusted jet over the image (Fig. 1).
 
     Args:
@@ -72,12 +74,28 @@ def decomposition_figure(image: np.ndarray, x_sens: np.ndarray, x_comp: np.ndarr
               (jet_overlay(image, np.abs(x_sens)), "sensitive |x_sens|", None),
               (jet_overlay(image, np.abs(x_comp)), "complement |x_comp|", None)]
     for ax, (data, label, cmap) in zip(axes, panels):
-        ax.imshow(data, cmap=cmap)
-        ax.set_title(label, fontsize=9)
-        ax.axis("off")
-        if box is not None:
-            (row, col), half = box
-            ax.add_patch(plt.Rectangle((col - half, row - half), 2 * half, 2 * half, fill=False, color="red", lw=1))
+        _show(ax, data, label, cmap, box)
     if title:
         fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _show(ax: plt.Axes, data: np.ndarray, title: str, cmap: Optional[str], box: Optional[Box]) -> None:
+    ax.imshow(data, cmap=cmap)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    if box is not None:
+        (row, col), half = box
+        ax.add_patch(plt.Rectangle((col - half, row - half), 2 * half, 2 * half, fill=False, color="red", lw=1))
+
+
+def sample_grid_figure(images: Sequence[np.ndarray], titles: Sequence[str], boxes: Sequence[Optional[Box]],
+                       columns: int = 4) -> plt.Figure:
+    """A grid of ``(H, W)`` images in gray, each titled, known signals boxed in red."""
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(images):]:
+        ax.axis("off")
+    for ax, image, title, box in zip(axes.flat, images, titles, boxes):
+        _show(ax, contrast_adjust(image, 0.5, 99.5), title, "gray", box)
     return fig
