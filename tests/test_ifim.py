@@ -180,10 +180,9 @@ def test_float32_model_matches_float64():
     torch.testing.assert_close(single.x_sens.double(), exact.x_sens, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("logit_scale", [1e3, 1e6])
-def test_saturated_softmax_is_finite_and_rank_zero(logit_scale):
-    """Probabilities within float32 rounding of 1: F is numerically zero, nothing is NaN or Inf."""
-    model, x = _model_and_input(3, shape=(2, 1, 8, 8), seed=12, logit_scale=logit_scale)
+def test_underflowing_softmax_is_finite_and_rank_zero():
+    """Logit gaps so large that float64 probabilities underflow: F is numerically zero, nothing is NaN or Inf."""
+    model, x = _model_and_input(3, shape=(2, 1, 8, 8), seed=12, logit_scale=1e6)
     model = model.float()
     result = ifim_decompose(model, x.float())
     assert float(result.probs.max(1).values.min()) > 1 - 2 ** -24
@@ -194,21 +193,40 @@ def test_saturated_softmax_is_finite_and_rank_zero(logit_scale):
     assert torch.all(result.eigenvalues == 0) and torch.all(result.eigenvectors == 0)
 
 
-def test_binary_rank_boundary_follows_float32_rounding():
-    """p_1 p_2 just above the documented tolerance keeps rank 1; below it the rank is 0."""
+def _linear_model(weight: torch.Tensor, bias: torch.Tensor):
+    return lambda z: z.flatten(1) @ weight.T + bias
+
+
+@pytest.mark.parametrize("gap,expected_rank", [(12.0, 1), (25.0, 1), (300.0, 1), (400.0, 0)])
+def test_confident_predictions_keep_exact_information_until_underflow(gap, expected_rank):
+    """A float32 binary model within float32 rounding of certainty (gap 25: p_2 = 1.4e-11) keeps rank 1, an exact
+    lambda_1 = p_1 p_2 ||w_1 - w_2||^2 and u_1 along w_1 - w_2; rank 0 only past the underflow floor (gap ~354)."""
     torch.manual_seed(13)
     weight = torch.randn(2, 16)
+    x = torch.zeros(1, 1, 4, 4)  # logits are exactly the bias
+    result = ifim_decompose(_linear_model(weight, torch.tensor([gap, 0.0])), x)
+    assert int(result.rank[0]) == expected_rank
+    for value in result.to_dict().values():
+        assert torch.isfinite(value.double()).all()
+    if expected_rank:
+        diff = (weight[0] - weight[1]).double()
+        p2 = torch.sigmoid(torch.tensor(-gap, dtype=torch.float64))
+        torch.testing.assert_close(result.eigenvalues[0, 0], (1 - p2) * p2 * diff.pow(2).sum(), rtol=1e-6, atol=0)
+        u1 = result.eigenvectors[0, 0].reshape(-1).double()
+        assert abs(float(u1 @ diff / diff.norm())) == pytest.approx(1.0, abs=1e-6)
+    else:
+        assert torch.all(result.x_sens == 0)
 
-    def linear(bias):
-        return lambda z: z.flatten(1) @ weight.T + bias
 
-    x = torch.zeros(1, 1, 4, 4)
-    tol = 2 * torch.finfo(torch.float32).eps
-    for gap, expected_rank in ((12.0, 1), (17.0, 0)):  # p_2 = e^-12 = 6e-6 > tol; e^-17 = 4e-8 < tol
-        result = ifim_decompose(linear(torch.tensor([gap, 0.0])), x)
-        p = result.probs[0]
-        assert (float(p[0] * p[1]) > tol) == bool(expected_rank)
-        assert int(result.rank[0]) == expected_rank
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rank_is_numerical_relative_to_lambda_1(dtype):
+    """C = 3 with two classes sharing one weight vector: the logit differences have one gradient, so rank 1."""
+    torch.manual_seed(16)
+    w = torch.randn(2, 16, dtype=dtype)
+    weight = torch.stack([w[0], w[1], w[1]])
+    model = _linear_model(weight, torch.tensor([0.3, -0.2, 0.1], dtype=dtype))
+    result = ifim_decompose(model, torch.randn(2, 1, 4, 4, dtype=dtype))
+    assert result.rank.tolist() == [1, 1] and torch.all(result.eigenvalues[:, 1:] == 0)
 
 
 def test_constant_model_has_zero_fisher():

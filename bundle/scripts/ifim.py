@@ -21,12 +21,15 @@ Both are ``F = G G^T`` with ``G = D S^{1/2}`` (eq. 5-6 with a different, equival
 Working with the ``(C-1)``-column factor drops the eigenvalue of eq. 7's K that is zero by construction, so round-off
 in it cannot be mistaken for information. ``K``, ``S`` and the eigendecomposition are computed in float64.
 
-Numerical rank: eigenvalue ``lambda_i`` counts as non-zero when ``lambda_i > rtol * ||D^T D||_2``, i.e. relative to the
-Fisher information a maximally uncertain classifier with the same logit gradients would have. The default
-``rtol = C * eps(logits dtype)``; for a float32 binary model that means a prediction whose probability is within
-float32 rounding of 1 (``p_1 p_2 < 2 * 1.2e-7``) has a numerically zero iFIM: ``rank = 0``, ``k = 0``,
-``x_sens = 0`` and ``x_comp = x``. Nothing divides by a numerically zero eigenvalue, so saturated outputs give finite
-results everywhere.
+Numerical rank: the gradients carry the relative rounding error ``eps`` of the model's dtype, which perturbs K by
+about ``eps * lambda_1``; so ``lambda_i`` counts as non-zero when ``lambda_i > rtol * lambda_1``, default
+``rtol = C * eps(logits dtype)``. Small probabilities are no reason to drop a direction: they are computed in
+float64 from the logits and are accurate relative to themselves, so a confident prediction (even one within
+float32 rounding of certainty, ``p_2 = 1e-9``) keeps its small but exact eigenvalue and its direction. F is
+numerically zero only when its information is lost to float64 underflow or the gradients vanish:
+``lambda_1 <= sqrt(tiny_64) * ||D^T D||_2`` (about 1e-154 of the logit-gradient scale; for a binary softmax, logit
+gaps beyond about 350). Then ``rank = 0``, ``k = 0``, ``x_sens = 0`` and ``x_comp = x``. Nothing divides by a
+numerically zero eigenvalue, so saturated outputs give finite results everywhere.
 
 The decomposition, eq. 13-17: ``k`` is the smallest K whose leading eigenvalues hold a fraction ``rho`` of the total,
 ``x_sens = U_K U_K^T x`` and ``x_comp = x - x_sens``.
@@ -34,6 +37,7 @@ The decomposition, eq. 13-17: ``k`` is the smallest K whose leading eigenvalues 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Callable, Dict, Optional, Tuple
 
@@ -209,7 +213,8 @@ def ifim_decompose(
         x: ``(B, C_in, *spatial)`` images, 2D or 3D spatial, any number of channels. Works under ``torch.no_grad()``.
         rho: energy threshold of eq. 13, in ``(0, 1]``.
         head: ``"softmax"`` (eq. 1-2, C-1 backward passes) or ``"sigmoid"`` (multi-label, C backward passes).
-        rtol: relative tolerance of the numerical rank (see the module docstring); default ``C * eps``.
+        rtol: relative tolerance of the numerical rank, ``lambda_i > rtol * lambda_1`` (see the module docstring);
+            default ``C * eps`` of the logits' dtype.
 
     Returns:
         An :class:`IFIMResult`. Peak memory is O(B * C * d): F (``d x d``) is never formed.
@@ -236,8 +241,10 @@ def ifim_decompose(
 
     if rtol is None:
         rtol = n_out * torch.finfo(logits.dtype).eps
-    scale = torch.linalg.eigvalsh(gram_d)[:, -1:].clamp_min(0)  # ||D^T D||_2
-    nonzero = evals > rtol * scale
+    # Rank relative to lambda_1; an absolute floor against float64 underflow (see the module docstring).
+    gradient_scale = torch.linalg.eigvalsh(gram_d)[:, -1:].clamp_min(0)  # ||D^T D||_2
+    floor = math.sqrt(torch.finfo(torch.float64).tiny) * gradient_scale
+    nonzero = (evals > rtol * evals[:, :1]) & (evals > floor)
     rank = nonzero.sum(dim=1)
     evals = torch.where(nonzero, evals, 0.0)
 
