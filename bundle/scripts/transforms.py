@@ -195,18 +195,26 @@ class EnsureGrayscale(Transform):
         return (img[:3] * weights.view(3, *[1] * (img.ndim - 1))).sum(0, keepdim=True)
 
 
-class EnsureGrayscaled(MapTransform):
-    """Dictionary version of :class:`EnsureGrayscale`."""
+class _EachKeyd(MapTransform):
+    """Dictionary version of an array transform without parameters: ``array_transform`` applied to every key."""
+
+    array_transform: type
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.converter = EnsureGrayscale()
+        self.transform = self.array_transform()
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
+            d[key] = self.transform(d[key])
         return d
+
+
+class EnsureGrayscaled(_EachKeyd):
+    """Dictionary version of :class:`EnsureGrayscale`."""
+
+    array_transform = EnsureGrayscale
 
 
 class InvertMonochrome1(Transform):
@@ -230,18 +238,10 @@ class InvertMonochrome1(Transform):
         return img.max() + img.min() - img
 
 
-class InvertMonochrome1d(MapTransform):
+class InvertMonochrome1d(_EachKeyd):
     """Dictionary version of :class:`InvertMonochrome1`."""
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.inverter = InvertMonochrome1()
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.inverter(d[key])
-        return d
+    array_transform = InvertMonochrome1
 
 
 class PerSampleSeedd(Transform, ThreadUnsafe):
