@@ -2,7 +2,26 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 """Public names of the iFIM bundle, so configs can say ``scripts.ifim_decompose`` or ``scripts.ShallowCNN``."""
 
-from .data import phantom_dataset, phantom_slice
+from .data import (
+    build_cxr_datalist,
+    build_hcp_datalist,
+    build_oct_datalist,
+    build_sksbks_datalist,
+    phantom_dataset,
+    phantom_slice,
+    write_datalist,
+)
 from .ifim import IFIMResult, fisher_quadratic, ifim_decompose, predictive_probs
-from .networks import ShallowCNN
-from .transforms import InsertGaussianSignal, InsertGaussianSignald, gaussian_blob
+from .networks import VGG16, ShallowCNN, get_network, resnet18
+from .transforms import (
+    EnsureGrayscaled,
+    InsertGaussianSignal,
+    InsertGaussianSignald,
+    InvertMonochrome1d,
+    LoadImageCheckedd,
+    PerSampleSeedd,
+    cxr_transforms,
+    gaussian_blob,
+    mri_transforms,
+    oct_transforms,
+)
