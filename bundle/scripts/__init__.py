@@ -2,6 +2,7 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 """Public names of the iFIM bundle, so configs can say ``scripts.ifim_decompose`` or ``scripts.ShallowCNN``."""
 
+from .attribution import METHODS, attribute
 from .data import (
     build_cxr_datalist,
     build_hcp_datalist,

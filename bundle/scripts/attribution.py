@@ -1,0 +1,206 @@
+# Copyright (c) the iFIM bundle contributors.
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""One call shape for every map the evaluation compares: ``attribute(method, model, x, target) -> (B, 1, *spatial)``.
+
+Maps are non-negative magnitudes at input resolution, summed over input channels where the method works per
+channel. Methods (:data:`METHODS`):
+
+* ``ifim_sensitive`` / ``ifim_complement``: S(x) = |x_sens| and I(x) = |x_comp| (Sec. IV-E); target-free.
+* ``gradcam`` / ``gradcampp``: ``monai.visualize.GradCAM`` / ``GradCAMpp``.
+* ``xgradcam``, ``eigencam``, ``scorecam``: written here on MONAI's CAM hooks (``ModelWithHooks``), because
+  pytorch-grad-cam imports torchvision, which installs here only with torch 2.14.1's 5.9 GB CUDA build; each is a
+  few lines: XGrad-CAM (Fu et al. 2020) weights channels by sum(A * dY/dA) / sum(A); Eigen-CAM (Muhammad & Yeasin
+  2020) projects the activations on their first principal component (target-free); Score-CAM (Wang et al. 2020)
+  weights channels by the softmax of the target probability of the input masked by each upsampled channel.
+* ``deepshap``: captum's ``GradientShap`` (expected gradients; DeepLiftShap refuses modules called twice, which
+  MONAI's ResNet blocks do with their activation). Baselines: an all-zero image and the batch mean image, with
+  Gaussian noise (``stdevs``) and ``n_samples`` draws, seeded.
+* ``vanilla_gradient``: |grad_x log p_target(x)|.
+* ``random``: uniform noise, seeded: the control every method should beat.
+
+MONAI's CAMs (1.6.1) score ``logits[:, class_idx]``, which for a per-image ``class_idx`` tensor mixes the images'
+targets: images are grouped by target and each group gets an integer class. Its GradCAM++ also multiplies the
+``(B,)`` scores into ``(B, C, *spatial)`` gradients without reshaping (broadcast along the last spatial axis), right
+only for one image: it runs image by image. The CAMs register hooks they never remove and zero the parameters'
+``.grad``: they run here on a copy of the model that shares its parameters (cheap), and parameter gradients are
+restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+from typing import Callable, Dict, Iterator, Optional
+
+import numpy as np
+import torch
+from captum.attr import GradientShap
+from monai.visualize import GradCAM, GradCAMpp
+from monai.visualize.class_activation_maps import ModelWithHooks, default_normalizer, default_upsampler
+from torch import nn
+
+from .ifim import ifim_decompose
+
+__all__ = ["METHODS", "attribute", "default_cam_layer"]
+
+METHODS = ("ifim_sensitive", "ifim_complement", "gradcam", "gradcampp", "xgradcam", "eigencam", "scorecam",
+           "deepshap", "vanilla_gradient", "random")
+_CAM_METHODS = ("gradcam", "gradcampp", "xgradcam", "eigencam", "scorecam")
+
+
+def default_cam_layer(model: nn.Module) -> str:
+    """The layer CAMs read: ``features`` (the shallow CNN and VGG16 convolutional trunks), ``layer4`` (ResNet),
+    else the last convolution."""
+    names = dict(model.named_modules())
+    for name in ("layer4", "features"):
+        if name in names:
+            return name
+    convs = [name for name, m in names.items() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    if not convs:
+        raise ValueError("no convolution found for a CAM; pass layer= the name of the module to read.")
+    return convs[-1]
+
+
+@contextlib.contextmanager
+def _borrowed(model: nn.Module) -> Iterator[nn.Module]:
+    """An eval-mode copy of ``model`` sharing its parameters and buffers; the parameters' ``.grad`` are restored."""
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    clone = copy.deepcopy(model, memo=shared).eval()
+    saved = [(p, None if p.grad is None else p.grad.clone()) for p in model.parameters()]
+    try:
+        with torch.enable_grad():
+            yield clone
+    finally:
+        for param, grad in saved:
+            param.grad = grad
+
+
+def _by_target(x: torch.Tensor, target: torch.Tensor, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+    """Apply ``fn(sub_batch, class_index)`` to the images of each target class; reassemble in batch order."""
+    out: Optional[torch.Tensor] = None
+    for cls in target.unique().tolist():
+        rows = (target == cls).nonzero()[:, 0]
+        part = fn(x[rows], int(cls))
+        out = part.new_zeros((x.shape[0], *part.shape[1:])) if out is None else out
+        out[rows] = part
+    return out
+
+
+def _cam_from(acti: torch.Tensor, weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """ReLU(sum_k w_k A_k), upsampled to the input and min-max normalized per image as MONAI's CAMs are."""
+    cam = torch.relu((weights * acti).sum(1, keepdim=True))
+    return default_normalizer(default_upsampler(x.shape[2:])(cam))
+
+
+def _hooked(model: nn.Module, layer: str, backward: bool) -> ModelWithHooks:
+    return ModelWithHooks(model, layer, register_forward=True, register_backward=backward)
+
+
+def _xgradcam(model: nn.Module, layer: str, x: torch.Tensor, cls: int) -> torch.Tensor:
+    _, (acti,), (grad,) = _hooked(model, layer, True)(x, class_idx=cls)
+    dims = tuple(range(2, acti.ndim))
+    weights = (grad * acti).sum(dims, keepdim=True) / (acti.sum(dims, keepdim=True) + 1e-7)
+    return _cam_from(acti, weights, x)
+
+
+def _eigencam(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    _, (acti,), _ = _hooked(model, layer, False)(x)
+    flat = acti.detach().flatten(2).transpose(1, 2).double()  # (B, positions, channels)
+    centred = flat - flat.mean(1, keepdim=True)
+    component = torch.linalg.svd(centred, full_matrices=False).Vh[:, 0]  # (B, channels)
+    projection = (flat @ component[:, :, None])[:, :, 0]  # (B, positions)
+    # The principal direction's sign is arbitrary: orient it along the mean activation.
+    sign = torch.sign((flat.mean(1) * component).sum(1, keepdim=True)).clamp_min(0) * 2 - 1
+    cam = torch.relu(sign * projection).view(acti.shape[0], 1, *acti.shape[2:]).to(x.dtype)
+    return default_normalizer(default_upsampler(x.shape[2:])(cam))
+
+
+@torch.no_grad()
+def _scorecam(model: nn.Module, layer: str, x: torch.Tensor, cls: int, chunk: int = 64) -> torch.Tensor:
+    hooked = _hooked(model, layer, False)
+    _, (acti,), _ = hooked(x)
+    masks = default_normalizer(default_upsampler(x.shape[2:])(acti.detach()))  # (B, K, *spatial) in [0, 1]
+    maps = []
+    for image, image_masks, image_acti in zip(x, masks, acti.detach()):
+        masked = image[None] * image_masks[:, None]  # (K, C_in, *spatial)
+        probs = torch.cat([torch.softmax(model(masked[i:i + chunk]), 1)[:, cls] for i in range(0, len(masked), chunk)])
+        weights = torch.softmax(probs, 0).view(1, -1, *[1] * (acti.ndim - 2))
+        maps.append(_cam_from(image_acti[None], weights, image[None]))
+    return torch.cat(maps)
+
+
+def _deepshap(model: nn.Module, x: torch.Tensor, target: torch.Tensor, n_samples: int, stdevs: float,
+              seed: int) -> torch.Tensor:
+    baselines = torch.cat([torch.zeros_like(x[:1]), x.mean(0, keepdim=True)]).detach()
+    with _seeded(seed):
+        attributions = GradientShap(model).attribute(x.detach(), baselines=baselines, target=target,
+                                                     n_samples=n_samples, stdevs=stdevs)
+    return attributions.detach().abs().sum(1, keepdim=True)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch and numpy's global generator (captum draws from both), restoring both afterwards."""
+    numpy_state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+
+
+def _vanilla_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    x_leaf = x.detach().requires_grad_(True)
+    log_probs = torch.log_softmax(model(x_leaf), dim=1)
+    (grad,) = torch.autograd.grad(log_probs.gather(1, target[:, None]).sum(), x_leaf)
+    return grad.abs().sum(1, keepdim=True)
+
+
+def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor] = None, *,
+              layer: Optional[str] = None, rho: float = 0.9, head: str = "softmax", n_samples: int = 16,
+              stdevs: float = 0.1, seed: int = 0) -> torch.Tensor:
+    """The ``(B, 1, *spatial)`` magnitude map of ``method`` for ``x`` ``(B, C_in, *spatial)``.
+
+    Args:
+        method: one of :data:`METHODS`.
+        model: classifier returning ``(B, C)`` logits; used in eval mode, left as it was (mode, ``.grad``, hooks).
+        x: images.
+        target: ``(B,)`` classes to explain; default the predicted ones. Unused by the iFIM maps, Eigen-CAM and
+            the random map.
+        layer: module name a CAM reads (default :func:`default_cam_layer`).
+        rho, head: the iFIM energy threshold and head (:func:`scripts.ifim.ifim_decompose`).
+        n_samples, stdevs: GradientShap draws and baseline noise.
+        seed: seeds the random map and GradientShap.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}.")
+    if method == "random":
+        generator = torch.Generator().manual_seed(seed)
+        return torch.rand((x.shape[0], 1, *x.shape[2:]), generator=generator).to(x)
+    if method.startswith("ifim"):
+        result = ifim_decompose(model, x, rho=rho, head=head)
+        part = result.x_sens if method == "ifim_sensitive" else result.x_comp
+        return part.abs().sum(1, keepdim=True)
+    with _borrowed(model) as clone:
+        if target is None:
+            with torch.no_grad():
+                target = clone(x).argmax(1)
+        target = torch.as_tensor(target, device=x.device).long().view(-1)
+        if method == "vanilla_gradient":
+            return _vanilla_gradient(clone, x, target)
+        if method == "deepshap":
+            return _deepshap(clone, x, target, n_samples, stdevs, seed)
+        layer = layer or default_cam_layer(clone)
+        if method == "eigencam":
+            return _eigencam(clone, layer, x).detach()
+        cams: Dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+            "gradcam": lambda z, c: GradCAM(clone, layer)(z, class_idx=c),
+            "gradcampp": lambda z, c: torch.cat([GradCAMpp(clone, layer)(z[i:i + 1], class_idx=c)
+                                                 for i in range(len(z))]),
+            "xgradcam": lambda z, c: _xgradcam(clone, layer, z, c),
+            "scorecam": lambda z, c: _scorecam(clone, layer, z, c),
+        }
+        return _by_target(x, target, cams[method]).detach()

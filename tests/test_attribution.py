@@ -1,0 +1,107 @@
+"""Every map method: one call shape, the model left as it was, batch = single images, and known relations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scripts.attribution import METHODS, attribute, default_cam_layer
+from scripts.networks import ShallowCNN, get_network
+
+TARGETS = torch.tensor([0, 2, 1, 2])
+
+
+@pytest.fixture(scope="module")
+def shallow():
+    torch.manual_seed(0)
+    return ShallowCNN(2, 1, 3), torch.randn(4, 1, 24, 24)
+
+
+def _no_hooks(model):
+    return all(not (m._forward_hooks or m._backward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_call_shape_and_model_left_as_it_was(shallow, method):
+    model, x = shallow
+    model.train()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    out = attribute(method, model, x, TARGETS)
+    assert out.shape == (4, 1, 24, 24) and out.dtype == x.dtype
+    assert torch.isfinite(out).all() and out.min() >= 0
+    assert model.training and _no_hooks(model)
+    assert all(torch.all(p.grad == 7.0) for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "xgradcam", "scorecam", "vanilla_gradient", "eigencam",
+                                    "ifim_sensitive"])
+def test_batch_with_mixed_targets_equals_single_images(shallow, method):
+    """MONAI's CAMs mix a batch's targets (and its GradCAM++ its scores); the wrapper must not."""
+    model, x = shallow
+    batched = attribute(method, model, x, TARGETS)
+    for i in range(4):
+        single = attribute(method, model, x[i:i + 1], TARGETS[i:i + 1])
+        torch.testing.assert_close(batched[i:i + 1], single, rtol=1e-4, atol=1e-5)
+    if method not in ("eigencam", "ifim_sensitive"):  # these two ignore the target
+        assert not torch.allclose(batched, attribute(method, model, x, torch.zeros(4, dtype=torch.long)))
+
+
+def test_binary_ifim_sensitive_map_ranks_pixels_as_the_logit_difference_gradient():
+    """C = 2: x_sens = (u_1^T x) u_1 with u_1 = +-grad s / |grad s| (eq. 12), so S(x) is |grad s| up to a per-image
+    factor and its top-k pixels are those of |grad s|."""
+    torch.manual_seed(1)
+    model = ShallowCNN(2, 1, 2).double()
+    x = torch.randn(3, 1, 16, 16, dtype=torch.float64)
+    sensitive = attribute("ifim_sensitive", model, x)
+    x_leaf = x.clone().requires_grad_(True)
+    logits = model(x_leaf)
+    (grad_s,) = torch.autograd.grad((logits[:, 0] - logits[:, 1]).sum(), x_leaf)
+    for b in range(3):
+        s, g = sensitive[b].flatten(), grad_s[b].abs().flatten()
+        torch.testing.assert_close(s / s.max(), g / g.max(), rtol=1e-9, atol=1e-12)
+
+
+def test_vanilla_gradient_is_the_log_probability_gradient(shallow):
+    model, x = shallow
+    out = attribute("vanilla_gradient", model, x, TARGETS)
+    x_leaf = x.clone().requires_grad_(True)
+    log_p = torch.log_softmax(model.eval()(x_leaf), 1)
+    (grad,) = torch.autograd.grad(log_p[torch.arange(4), TARGETS].sum(), x_leaf)
+    torch.testing.assert_close(out, grad.abs())
+
+
+def test_xgradcam_equals_gradcam_under_global_average_pooling():
+    """With global average pooling and a linear head, dY/dA_k = w_k / HW everywhere, so XGrad-CAM's weights
+    sum(A_k dY/dA_k) / sum(A_k) and Grad-CAM's mean gradient coincide."""
+    torch.manual_seed(2)
+    model = ShallowCNN(2, 1, 3, global_pool="avg")
+    x = torch.randn(3, 1, 16, 16)
+    torch.testing.assert_close(attribute("xgradcam", model, x, TARGETS[:3]),
+                               attribute("gradcam", model, x, TARGETS[:3]), rtol=1e-4, atol=1e-5)
+
+
+def test_random_and_deepshap_are_seeded(shallow):
+    model, x = shallow
+    for method in ("random", "deepshap"):
+        a, b = attribute(method, model, x, TARGETS, seed=3), attribute(method, model, x, TARGETS, seed=3)
+        assert torch.equal(a, b) and not torch.equal(a, attribute(method, model, x, TARGETS, seed=4))
+
+
+def test_default_layers_and_errors():
+    assert default_cam_layer(ShallowCNN()) == "features"
+    assert default_cam_layer(get_network("resnet18")) == "layer4"
+    assert default_cam_layer(get_network("vgg16", hidden=8)) == "features"
+    with pytest.raises(ValueError, match="unknown method"):
+        attribute("lime", ShallowCNN(), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="no convolution"):
+        default_cam_layer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "xgradcam", "eigencam", "scorecam"])
+def test_cams_on_resnet18_in_3d(method):
+    torch.manual_seed(3)
+    model = get_network("resnet18", spatial_dims=3, num_classes=2)
+    x = torch.randn(2, 1, 16, 16, 16)
+    out = attribute(method, model, x, torch.tensor([0, 1]))
+    assert out.shape == (2, 1, 16, 16, 16) and torch.isfinite(out).all() and _no_hooks(model)
