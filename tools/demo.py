@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
+from scripts.atomic import atomic_write  # noqa: E402
 from scripts.data import SPLITS, build_sksbks_datalist, phantom_dataset  # noqa: E402
 from scripts.ifim import ifim_decompose  # noqa: E402
 from scripts.networks import ShallowCNN  # noqa: E402
@@ -74,14 +72,10 @@ def train(model, images, labels, epochs, batch_size, lr, seed):
 
 
 def write_csv_atomic(path: Path, header, rows) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".csv")
-    with os.fdopen(fd, "w") as f:
-        f.write(buffer.getvalue())
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ import csv
 import json
 import logging
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -33,6 +32,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .transforms import InsertGaussianSignald
 
 __all__ = ["phantom_slice", "phantom_dataset", "split_by_group", "write_datalist", "build_oct_datalist",
@@ -97,18 +97,10 @@ def phantom_dataset(n: int, size: int = 64, seed: int = 0, prob: float = 0.5,
 
 
 def write_datalist(datalist: Mapping[str, List[dict]], path: os.PathLike) -> Path:
-    """Write a datalist as JSON atomically (a temporary file in the same folder, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(datalist, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Write a datalist as JSON atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(datalist, indent=1))
+    return Path(path)
 
 
 def _finish(datalist: Dict[str, List[dict]], output_json: Optional[os.PathLike]) -> Dict[str, List[dict]]:
@@ -250,14 +242,8 @@ def build_cxr_datalist(root: os.PathLike, per_class: Sequence[int] = (800, 50, 7
 
 
 def _write_nifti_atomic(array: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".nii.gz")
-    os.close(fd)
-    try:
-        nib.save(nib.Nifti1Image(array, np.eye(4)), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as tmp:
+        nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp))
 
 
 def _load_volume(path: Path) -> np.ndarray:

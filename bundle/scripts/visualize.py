@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -16,6 +15,8 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
+
+from .atomic import atomic_write  # noqa: E402
 
 __all__ = ["contrast_adjust", "jet_overlay", "decomposition_figure", "sample_grid_figure", "save_figure_atomic"]
 
@@ -45,19 +46,13 @@ def jet_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.n
 
 
 def save_figure_atomic(fig: plt.Figure, path: os.PathLike, dpi: int = 100) -> Path:
-    """Save ``fig`` to ``path`` through a temporary file in the same folder, so no half-written file remains."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
+    """Save ``fig`` to ``path`` atomically (no half-written file remains) and close it."""
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def decomposition_figure(image: np.ndarray, x_sens: np.ndarray, x_comp: np.ndarray, title: str = "",
