@@ -12,6 +12,7 @@ from .data import (
     phantom_slice,
     write_datalist,
 )
+from .handlers import IFIMHandler, PerturbationMetricsHandler
 from .ifim import IFIMResult, fisher_quadratic, ifim_decompose, predictive_probs
 from .networks import VGG16, ShallowCNN, get_network, resnet18
 from .transforms import (

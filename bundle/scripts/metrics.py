@@ -26,9 +26,10 @@ from scipy.stats import spearmanr
 from sklearn.metrics import f1_score, precision_score, recall_score
 from torch import nn
 
-__all__ = ["num_perturbed", "perturbation_masks", "random_pixel_mask", "replace_pixels", "f1", "eval_logits", "predict",
-           "contrastive_perturbation", "fgsm", "pearson_per_image", "spearman_per_image", "signal_localization",
-           "randomized_copy", "precision_recall", "mean_std"]
+__all__ = ["num_perturbed", "perturbation_masks", "random_pixel_mask", "replace_pixels", "f1", "eval_logits",
+           "predict", "perturbed_predictions", "perturbation_scores", "contrastive_perturbation", "fgsm",
+           "pearson_per_image", "spearman_per_image", "signal_localization", "randomized_copy", "precision_recall",
+           "mean_std"]
 
 
 def _check_map(values: torch.Tensor, name: str) -> None:
@@ -112,41 +113,63 @@ def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batc
     return eval_logits(model, x, batch_size).argmax(1)
 
 
-def contrastive_perturbation(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                             high_map: torch.Tensor, low_map: Optional[torch.Tensor] = None,
-                             alphas: Sequence[float] = (0.01, 0.02, 0.03), noise_mean: float = 0.0,
-                             noise_std: float = 1.0, seed: int = 0, num_classes: Optional[int] = None
-                             ) -> Dict[float, Dict[str, float]]:
-    """The contrastive pixel-perturbation study of Sec. IV-E on a set of images.
+PERTURBED_SETS = ("high", "low", "random")
 
-    For each alpha, the k highest pixels of ``high_map`` and the k lowest of ``low_map`` (``high_map`` itself when
-    None) are replaced by Gaussian noise N(noise_mean, noise_std^2) drawn once from ``seed`` (the same noise value
-    at a given pixel for both sets), and F1 is measured on the perturbed sets.
 
-    Returns:
-        ``{alpha: {"f1_clean", "f1_high", "f1_low", "f1_random", "ratio", "drop_high", "drop_low",
-        "drop_random"}}``. ``ratio = f1_low / f1_high`` (the paper's figure of merit; ``inf`` when f1_high is 0);
-        the drops are ``f1_clean - f1_*``, so a large ratio with no drop at all is visible for what it is.
+def perturbed_predictions(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, high_map: torch.Tensor,
+                          low_map: Optional[torch.Tensor] = None, alphas: Sequence[float] = (0.01, 0.02, 0.03),
+                          noise_mean: float = 0.0, noise_std: float = 1.0, seed: int = 0
+                          ) -> Dict[str, torch.Tensor]:
+    """One batch of the contrastive pixel-perturbation study (eq. 23-26): predictions on the clean images and on
+    each perturbed set, ``{"clean": (B,), (alpha, "high" | "low" | "random"): (B,)}``.
+
+    The k highest pixels of ``high_map`` and the k lowest of ``low_map`` (``high_map`` itself when None) are
+    replaced by Gaussian noise N(noise_mean, noise_std^2) drawn once from ``seed``, the same value at a given pixel
+    for every set; ``random`` replaces k uniformly drawn pixels (the control).
     """
     low_map = high_map if low_map is None else low_map
-    clean_logits = eval_logits(model, x)
-    num_classes = num_classes or int(clean_logits.shape[1])
     generator = torch.Generator().manual_seed(seed)
     noise = (noise_mean + noise_std * torch.randn(x.shape, generator=generator, dtype=torch.float64)).to(x)
-    y_list = y.tolist()
-    f1_clean = f1(y_list, clean_logits.argmax(1).tolist(), num_classes)
-    results = {}
+    predictions: Dict = {"clean": predict(model, x)}
     for i, alpha in enumerate(alphas):
         mask_high, mask_low = perturbation_masks(high_map, low_map, alpha)
-        mask_random = random_pixel_mask(high_map, alpha, seed=seed + 1 + i)
-        scores = {name: f1(y_list, predict(model, replace_pixels(x, mask, noise)).tolist(), num_classes)
-                  for name, mask in (("high", mask_high), ("low", mask_low), ("random", mask_random))}
+        masks = {"high": mask_high, "low": mask_low, "random": random_pixel_mask(high_map, alpha, seed=seed + 1 + i)}
+        for name in PERTURBED_SETS:
+            predictions[(alpha, name)] = predict(model, replace_pixels(x, masks[name], noise))
+    return predictions
+
+
+def perturbation_scores(y: torch.Tensor, predictions: Dict, num_classes: int) -> Dict[float, Dict[str, float]]:
+    """F1 scores of the perturbed sets over a whole evaluation set (see :func:`contrastive_perturbation`)."""
+    y_list = y.tolist()
+    f1_clean = f1(y_list, predictions["clean"].tolist(), num_classes)
+    results: Dict[float, Dict[str, float]] = {}
+    for alpha in sorted({key[0] for key in predictions if key != "clean"}):
+        scores = {name: f1(y_list, predictions[(alpha, name)].tolist(), num_classes) for name in PERTURBED_SETS}
         ratio = scores["low"] / scores["high"] if scores["high"] > 0 else math.inf
         results[alpha] = {"f1_clean": f1_clean, "f1_high": scores["high"], "f1_low": scores["low"],
                           "f1_random": scores["random"], "ratio": ratio,
                           "drop_high": f1_clean - scores["high"], "drop_low": f1_clean - scores["low"],
                           "drop_random": f1_clean - scores["random"]}
     return results
+
+
+def contrastive_perturbation(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                             high_map: torch.Tensor, low_map: Optional[torch.Tensor] = None,
+                             alphas: Sequence[float] = (0.01, 0.02, 0.03), noise_mean: float = 0.0,
+                             noise_std: float = 1.0, seed: int = 0, num_classes: Optional[int] = None
+                             ) -> Dict[float, Dict[str, float]]:
+    """The contrastive pixel-perturbation study of Sec. IV-E on a set of images held in memory.
+
+    Returns:
+        ``{alpha: {"f1_clean", "f1_high", "f1_low", "f1_random", "ratio", "drop_high", "drop_low",
+        "drop_random"}}``. ``ratio = f1_low / f1_high`` (the paper's figure of merit; ``inf`` when f1_high is 0);
+        the drops are ``f1_clean - f1_*``, so a large ratio with no drop at all is visible for what it is.
+        F1 is of the positive class for C = 2, macro-averaged for more classes.
+    """
+    num_classes = num_classes or int(eval_logits(model, x[:1]).shape[1])
+    predictions = perturbed_predictions(model, x, high_map, low_map, alphas, noise_mean, noise_std, seed)
+    return perturbation_scores(y, predictions, num_classes)
 
 
 def fgsm(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,

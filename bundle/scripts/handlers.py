@@ -1,0 +1,211 @@
+# Copyright (c) the iFIM bundle contributors.
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Ignite handlers that run the iFIM analysis inside any MONAI / ignite evaluator (floor 3 of DESIGN.md).
+
+* :class:`IFIMHandler`: each batch's decomposition on ``engine.state.ifim``; optionally, per input, x_sens and
+  x_comp files (NIfTI for 3D; ``.npy`` plus a PNG overlay in contrast-adjusted jet for 2D) and one CSV row.
+* :class:`PerturbationMetricsHandler`: the contrastive pixel-perturbation study (eq. 23-26) over each epoch,
+  reported in ``engine.state.metrics`` so ``StatsHandler`` and ``TensorBoardStatsHandler`` log it.
+
+MONAI evaluators run under ``torch.no_grad()``; the engine turns gradients back on for itself. Batches are read
+from ``engine.state.batch``, collated (a dict) or decollated (a list of dicts, MONAI's default). In a config, list
+these handlers before ``StatsHandler`` so their metrics exist when it logs.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import nibabel as nib
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from .atomic import atomic_write
+from .ifim import IFIMResult, ifim_decompose
+from .metrics import perturbation_scores, perturbed_predictions
+from .visualize import decomposition_figure, save_figure_atomic
+
+__all__ = ["IFIMHandler", "PerturbationMetricsHandler", "batch_images"]
+
+
+def batch_images(engine: Engine, image_key: str = "image", name_key: str = "image_path",
+                 seed_key: str = "seed") -> Tuple[torch.Tensor, List[str]]:
+    """The images ``(B, C_in, *spatial)`` of the engine's current batch and a file-name stem for each.
+
+    Names come from ``name_key`` (a source path), else the image's ``filename_or_obj`` meta, else the iteration
+    and position; entries that carry a ``seed`` (several images cut from one slice) get it appended.
+    """
+    batch = engine.state.batch
+    items = batch if isinstance(batch, list) else [dict(zip(batch, values)) for values in zip(*batch.values())]
+    if not items or image_key not in items[0]:
+        raise KeyError(f"the engine's batch has no {image_key!r} key.")
+    images = torch.stack([torch.as_tensor(item[image_key]) for item in items])
+    names = []
+    for i, item in enumerate(items):
+        source = item.get(name_key) or getattr(item[image_key], "meta", {}).get("filename_or_obj")
+        stem = Path(str(source)).name.split(".")[0] if source else f"iter{engine.state.iteration:05d}_{i:03d}"
+        if seed_key in item:
+            stem += f"_seed{int(item[seed_key])}"
+        names.append(stem)
+    return images, names
+
+
+def _model_of(engine: Engine, model: Optional[nn.Module]) -> nn.Module:
+    model = model if model is not None else getattr(engine, "network", None)
+    if model is None:
+        raise ValueError("no model: pass model= or attach to a MONAI workflow, which carries engine.network.")
+    return model
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.zeros(0)).device
+
+
+class IFIMHandler:
+    """Decompose every batch an engine runs; optionally write each input's maps and a CSV.
+
+    Args:
+        output_dir: where files go; None computes only (``engine.state.<state_key>``).
+        rho, head: as in :func:`scripts.ifim.ifim_decompose`.
+        model: the classifier; default ``engine.network``.
+        image_key, name_key, seed_key: batch keys (see :func:`batch_images`).
+        state_key: attribute of ``engine.state`` that receives the batch's :class:`IFIMResult`.
+        csv_name: the CSV (one row per input: file, predicted class, probabilities, eigenvalues, rank, k), written
+            atomically at the end of each epoch.
+        save_png: for 2D inputs, also write ``<name>_ifim.png`` (image, |x_sens|, |x_comp| in jet).
+
+    Files per input ``<name>``: 2D ``<name>_x_sens.npy`` and ``<name>_x_comp.npy`` (``(C_in, H, W)``); 3D
+    ``<name>_x_sens.nii.gz`` and ``<name>_x_comp.nii.gz`` (channels last when more than one). Each is written
+    atomically.
+    """
+
+    def __init__(self, output_dir: Optional[os.PathLike] = None, rho: float = 0.9, head: str = "softmax",
+                 model: Optional[nn.Module] = None, image_key: str = "image", name_key: str = "image_path",
+                 seed_key: str = "seed", state_key: str = "ifim", csv_name: str = "ifim.csv", save_png: bool = True):
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.rho, self.head, self.model = rho, head, model
+        self.keys = dict(image_key=image_key, name_key=name_key, seed_key=seed_key)
+        self.state_key, self.csv_name, self.save_png = state_key, csv_name, save_png
+        self.rows: List[list] = []
+        self.header: Optional[List[str]] = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        if self.output_dir is not None:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._write_csv)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows = []
+
+    def __call__(self, engine: Engine) -> None:
+        images, names = batch_images(engine, **self.keys)
+        model = _model_of(engine, self.model)
+        result = ifim_decompose(model, images.to(_device_of(model)), rho=self.rho, head=self.head)
+        setattr(engine.state, self.state_key, result)
+        if self.output_dir is not None:
+            self._write_maps(images.cpu(), names, result)
+
+    def _write_maps(self, images: torch.Tensor, names: Sequence[str], result: IFIMResult) -> None:
+        n_out = result.probs.shape[1]
+        self.header = (["file", "predicted"] + [f"p_{c}" for c in range(n_out)]
+                       + [f"lambda_{i + 1}" for i in range(n_out)] + ["rank", "k"])
+        for i, name in enumerate(names):
+            sens, comp = result.x_sens[i].detach().cpu().numpy(), result.x_comp[i].detach().cpu().numpy()
+            if sens.ndim == 3:  # (C_in, H, W)
+                for suffix, array in (("x_sens", sens), ("x_comp", comp)):
+                    with atomic_write(self.output_dir / f"{name}_{suffix}.npy") as tmp:
+                        np.save(tmp, array)
+                if self.save_png:
+                    title = f"{name}: predicted {int(result.probs[i].argmax())}, rank {int(result.rank[i])}"
+                    fig = decomposition_figure(images[i, 0].numpy(), np.abs(sens).sum(0), np.abs(comp).sum(0),
+                                               title=title)
+                    save_figure_atomic(fig, self.output_dir / f"{name}_ifim.png")
+            else:  # (C_in, X, Y, Z) -> NIfTI, channels last
+                for suffix, array in (("x_sens", sens), ("x_comp", comp)):
+                    volume = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
+                    with atomic_write(self.output_dir / f"{name}_{suffix}.nii.gz") as tmp:
+                        nib.save(nib.Nifti1Image(volume.astype(np.float32), np.eye(4)), str(tmp))
+            self.rows.append([name, int(result.probs[i].argmax())]
+                             + [f"{p:.6g}" for p in result.probs[i].tolist()]
+                             + [f"{v:.6g}" for v in result.eigenvalues[i].tolist()]
+                             + [int(result.rank[i]), int(result.k[i])])
+
+    def _write_csv(self, engine: Engine) -> None:
+        if self.header is None:
+            return
+        with atomic_write(self.output_dir / self.csv_name) as tmp, tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(self.header)
+            writer.writerows(self.rows)
+
+
+class PerturbationMetricsHandler:
+    """The contrastive pixel-perturbation study (eq. 23-26) with iFIM maps, over every epoch of an evaluator.
+
+    Per batch: S(x) = |x_sens| and I(x) = |x_comp| (summed over channels), then the predictions on images whose
+    top-k pixels of S, bottom-k of I and k random pixels were replaced by N(noise_mean, noise_std^2) noise, seeded
+    by ``seed`` and the iteration. At the end of the epoch, into ``engine.state.metrics``:
+    ``<prefix>_ratio_<a>`` (F1_low / F1_high at alpha = a %), ``<prefix>_drop_high_<a>``,
+    ``<prefix>_drop_low_<a>``, ``<prefix>_drop_random_<a>`` and ``<prefix>_f1_clean``. F1 is of class 1 for a
+    binary task, macro-averaged otherwise.
+
+    Args:
+        alphas: fractions of pixels (paper: 1, 2 and 3 %).
+        rho, head: as in :func:`scripts.ifim.ifim_decompose`.
+        model: the classifier; default ``engine.network``.
+        image_key, label_key: batch keys.
+        prefix: metric-name prefix.
+    """
+
+    def __init__(self, alphas: Sequence[float] = (0.01, 0.02, 0.03), rho: float = 0.9, head: str = "softmax",
+                 noise_mean: float = 0.0, noise_std: float = 1.0, seed: int = 0, model: Optional[nn.Module] = None,
+                 image_key: str = "image", label_key: str = "label", prefix: str = "ifim_perturbation"):
+        self.alphas, self.rho, self.head = tuple(alphas), rho, head
+        self.noise_mean, self.noise_std, self.seed = noise_mean, noise_std, seed
+        self.model, self.image_key, self.label_key, self.prefix = model, image_key, label_key, prefix
+        self.predictions: Dict = {}
+        self.labels: List[torch.Tensor] = []
+        self.num_classes = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._compute)
+
+    def _reset(self, engine: Engine) -> None:
+        self.predictions, self.labels = {}, []
+
+    def __call__(self, engine: Engine) -> None:
+        images, _ = batch_images(engine, image_key=self.image_key)
+        batch = engine.state.batch
+        labels = [item[self.label_key] for item in batch] if isinstance(batch, list) else batch[self.label_key]
+        model = _model_of(engine, self.model)
+        images = images.to(_device_of(model))
+        result = ifim_decompose(model, images, rho=self.rho, head=self.head)
+        self.num_classes = result.probs.shape[1]
+        high = result.x_sens.abs().sum(1, keepdim=True)
+        low = result.x_comp.abs().sum(1, keepdim=True)
+        predictions = perturbed_predictions(model, images, high, low, self.alphas, self.noise_mean, self.noise_std,
+                                            seed=self.seed + engine.state.iteration)
+        for key, value in predictions.items():
+            self.predictions.setdefault(key, []).append(value.cpu())
+        self.labels.append(torch.as_tensor(np.asarray(labels)).view(-1).long())
+
+    def _compute(self, engine: Engine) -> None:
+        if not self.labels:
+            return
+        merged = {key: torch.cat(values) for key, values in self.predictions.items()}
+        scores = perturbation_scores(torch.cat(self.labels), merged, self.num_classes)
+        metrics = engine.state.metrics
+        for alpha, values in scores.items():
+            tag = f"{100 * alpha:g}"
+            metrics[f"{self.prefix}_ratio_{tag}"] = values["ratio"]
+            for name in ("high", "low", "random"):
+                metrics[f"{self.prefix}_drop_{name}_{tag}"] = values[f"drop_{name}"]
+            metrics[f"{self.prefix}_f1_clean"] = values["f1_clean"]
