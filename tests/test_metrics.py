@@ -125,6 +125,16 @@ def test_fgsm_on_a_linear_model_has_its_closed_form():
     assert model.training
 
 
+def test_metrics_restore_mixed_training_modes():
+    """A frozen eval-mode submodule inside a training model must stay in eval mode after fgsm / predict."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2)).train()
+    model[2].eval()
+    x, y = torch.randn(3, 1, 2, 2), torch.tensor([0, 1, 0])
+    fgsm(model, x, y, 0.1)
+    contrastive_perturbation(model, x, y, torch.rand(3, 1, 2, 2), alphas=(0.25,))
+    assert model.training and model[1].training and not model[2].training
+
+
 def test_fgsm_and_ifim_agree_on_a_binary_linear_model():
     """Binary linear model: the iFIM's u_1 is +-(w_1 - w_2)/|w_1 - w_2| (eq. 12), and FGSM moves every pixel by
     eps * sign(w_1 - w_2) up to a global sign, so both point along the same weights."""

@@ -37,14 +37,15 @@ The decomposition, eq. 13-17: ``k`` is the smallest K whose leading eigenvalues 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, fields
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["IFIMResult", "ifim_decompose", "fisher_quadratic", "predictive_probs", "HEADS"]
+__all__ = ["IFIMResult", "ifim_decompose", "fisher_quadratic", "predictive_probs", "eval_mode", "HEADS"]
 
 HEADS = ("softmax", "sigmoid")
 
@@ -109,26 +110,19 @@ def _check_logits(logits: torch.Tensor, batch: int, head: str) -> None:
         raise ValueError("the model returned NaN or Inf logits; the iFIM is undefined there.")
 
 
-class _EvalModeWithGrad:
-    """Context: model in eval mode with autograd on; restores every submodule's training flag on exit.
-
-    Restoring per submodule (not ``model.train(flag)``) keeps mixed modes, e.g. a frozen, eval-mode backbone.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.modes: Dict[nn.Module, bool] = {}
-        self.grad_ctx = torch.enable_grad()
-
-    def __enter__(self) -> nn.Module:
-        self.modes = {m: m.training for m in self.model.modules()}
-        self.model.eval()
-        self.grad_ctx.__enter__()
-        return self.model
-
-    def __exit__(self, *exc) -> None:
-        self.grad_ctx.__exit__(*exc)
-        for module, mode in self.modes.items():
+@contextlib.contextmanager
+def eval_mode(model: Callable, grad: bool = True) -> Iterator[None]:
+    """Run ``model`` in eval mode with autograd on (``grad=True``) or off; afterwards every submodule's training
+    flag is what it was. Restoring per submodule (not ``model.train(flag)``) keeps mixed modes, e.g. a frozen,
+    eval-mode backbone inside a training model. A plain callable only gets the autograd setting."""
+    modes = {m: m.training for m in model.modules()} if isinstance(model, nn.Module) else {}
+    if isinstance(model, nn.Module):
+        model.eval()
+    try:
+        with torch.enable_grad() if grad else torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes.items():
             module.training = mode
 
 
@@ -224,7 +218,7 @@ def ifim_decompose(
         raise ValueError(f"rho must lie in (0, 1], got {rho}.")
     _check_input(x)
     batch = x.shape[0]
-    with _EvalModeWithGrad(model) if isinstance(model, nn.Module) else torch.enable_grad():
+    with eval_mode(model):
         x_leaf = x.detach().requires_grad_(True)
         logits = model(x_leaf)
         _check_logits(logits, batch, head)
@@ -292,7 +286,7 @@ def fisher_quadratic(
     _check_input(delta, "delta")
     if delta.shape != x.shape:
         raise ValueError(f"delta must be shaped like x {tuple(x.shape)}, got {tuple(delta.shape)}.")
-    with _EvalModeWithGrad(model) if isinstance(model, nn.Module) else torch.enable_grad():
+    with eval_mode(model):
         logits, directional = torch.func.jvp(model, (x.detach(),), (delta.detach().to(x.dtype),))
     _check_logits(logits, x.shape[0], head)
     probs = predictive_probs(logits, head)

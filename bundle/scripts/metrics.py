@@ -26,6 +26,8 @@ from scipy.stats import spearmanr
 from sklearn.metrics import f1_score, precision_score, recall_score
 from torch import nn
 
+from .ifim import eval_mode
+
 __all__ = ["num_perturbed", "perturbation_masks", "random_pixel_mask", "replace_pixels", "f1", "eval_logits",
            "predict", "perturbed_predictions", "perturbation_scores", "contrastive_perturbation", "fgsm",
            "pearson_per_image", "spearman_per_image", "signal_localization", "randomized_copy", "precision_recall",
@@ -94,18 +96,11 @@ def f1(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> float:
     return float(f1_score(y_true, y_pred, average="macro", labels=list(range(num_classes)), zero_division=0))
 
 
-@torch.no_grad()
 def eval_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 64
                 ) -> torch.Tensor:
-    """Logits ``(B, C)`` of ``model`` on ``x``, in batches, in eval mode (the model's mode is restored)."""
-    was_training = isinstance(model, nn.Module) and model.training
-    if isinstance(model, nn.Module):
-        model.eval()
-    try:
+    """Logits ``(B, C)`` of ``model`` on ``x``, in batches, in eval mode without autograd (modes restored)."""
+    with eval_mode(model, grad=False):
         return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-    finally:
-        if was_training:
-            model.train()
 
 
 def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -175,17 +170,10 @@ def contrastive_perturbation(model: Callable[[torch.Tensor], torch.Tensor], x: t
 def fgsm(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
          epsilon: float) -> torch.Tensor:
     """eq. 27: ``x + epsilon * sign(grad_x CE(f(x), y))``, in eval mode (mode restored), under any grad mode."""
-    was_training = isinstance(model, nn.Module) and model.training
-    if isinstance(model, nn.Module):
-        model.eval()
-    try:
-        with torch.enable_grad():
-            x_leaf = x.detach().requires_grad_(True)
-            loss = nn.functional.cross_entropy(model(x_leaf), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x_leaf)
-    finally:
-        if was_training:
-            model.train()
+    with eval_mode(model):
+        x_leaf = x.detach().requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(x_leaf), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_leaf)
     return (x.detach() + epsilon * grad.sign()).detach()
 
 
