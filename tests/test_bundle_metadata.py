@@ -1,0 +1,52 @@
+"""The bundle's metadata validates against the stored MONAI schema, offline (no schema download)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from monai.bundle import verify_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+META = ROOT / "bundle" / "configs" / "metadata.json"
+
+
+@pytest.fixture
+def local_schema(tmp_path):
+    if not SCHEMA.is_file():
+        pytest.fail(f"the stored schema is missing: {SCHEMA} (CI lays shared/ beside the clone)")
+    # verify_metadata downloads the schema unless the file is already there: give it the stored copy
+    return shutil.copy(SCHEMA, tmp_path / "schema.json")
+
+
+def test_metadata_validates_against_the_stored_schema(local_schema):
+    verify_metadata(meta_file=str(META), filepath=str(local_schema))
+    metadata = json.loads(META.read_text())
+    assert metadata["monai_version"] == "1.6.1" and metadata["pytorch_version"] == "2.13.0"
+
+
+def test_an_invalid_metadata_is_rejected(local_schema, tmp_path):
+    broken = json.loads(META.read_text())
+    broken["network_data_format"]["inputs"]["image"]["num_channels"] = "one"
+    path = tmp_path / "metadata.json"
+    path.write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="Failed validating"):
+        verify_metadata(meta_file=str(path), filepath=str(local_schema))
+
+
+def test_metadata_versions_are_the_pinned_ones():
+    """metadata.json repeats setup.cfg's pins (the model zoo reads them there): they must not drift apart."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    pins = dict(line.split("==") for line in config["options"]["install_requires"].split() if "==" in line)
+    metadata = json.loads(META.read_text())
+    assert metadata["monai_version"] == pins["monai"]
+    assert metadata["pytorch_version"] == pins["torch"]
+    assert metadata["numpy_version"] == pins["numpy"]
+    for package, version in metadata["required_packages_version"].items():
+        assert pins.get(package) == version, package
