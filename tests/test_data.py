@@ -223,7 +223,10 @@ def test_mri_chain_outputs_signal_metadata_and_is_reproducible(sksbks):
     for out, again in zip(first, (chain(e) for e in reversed(entries[::-1]))):  # same entry -> same image
         assert torch.equal(out["image"], again["image"])
     assert not torch.equal(first[0]["image"], first[1]["image"])
-    # Deterministic, so fully cacheable; threaded caching (a shared, reseeded transform) must give the same images.
+    # Deterministic, so fully cacheable: no top-level step may count as random (CacheDataset stops there) ...
+    from monai.transforms.transform import RandomizableTrait
+    assert not any(isinstance(t, RandomizableTrait) for t in chain.transforms)
+    # ... and threaded caching (a shared, reseeded transform) must give the same images.
     cached = CacheDataset(entries, transform=chain, num_workers=2, progress=False)
     for i in range(len(entries)):
         assert torch.equal(cached[i]["image"], first[i]["image"])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Hashable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pydicom
@@ -25,6 +25,7 @@ from monai.config import KeysCollection
 from monai.data import PILReader, PydicomReader
 from monai.transforms import (
     Compose,
+    CopyItemsd,
     EnsureTyped,
     LoadImaged,
     MapTransform,
@@ -288,14 +289,17 @@ class LoadImageCheckedd(LoadImaged):
                              f"{str(cause).splitlines()[0]}") from err
 
 
-def _load(keys: Sequence[str], **kwargs) -> LoadImageCheckedd:
-    return LoadImageCheckedd(keys=list(keys), image_only=True, ensure_channel_first=True, **kwargs)
+def _load(keys: Sequence[str], **kwargs) -> List[Transform]:
+    """Keep the first key's source path under ``<key>_path`` (output file names), then load every key. A list, not
+    a nested ``Compose``: ``CacheDataset`` stops caching at a ``Compose`` (it counts as random)."""
+    return [CopyItemsd(keys=keys[0], names=f"{keys[0]}_path"),
+            LoadImageCheckedd(keys=list(keys), image_only=True, ensure_channel_first=True, **kwargs)]
 
 
 def oct_transforms(size: int = 256, keys: Sequence[str] = ("image",)) -> Compose:
     """Retinal OCT (Kermany JPEG/PNG): load, to one gray channel, resize to ``size^2``, scale to [0, 1]."""
     return Compose([
-        _load(keys, reader=PILReader(reverse_indexing=False)),  # rows x cols, as numpy and PIL show images
+        *_load(keys, reader=PILReader(reverse_indexing=False)),  # rows x cols, as numpy and PIL show images
         EnsureGrayscaled(keys),
         Resized(keys, spatial_size=(size, size), mode="area"),
         ScaleIntensityd(keys, minv=0.0, maxv=1.0),
@@ -307,7 +311,7 @@ def cxr_transforms(size: int = 256, keys: Sequence[str] = ("image",)) -> Compose
     """Chest X-ray (NIH PNG, or DICOM): load (DICOM rescale slope/intercept applied by the reader), invert
     MONOCHROME1, to one gray channel, resize to ``size^2`` (NIH images are 1024^2), scale to [0, 1]."""
     return Compose([
-        _load(keys, reader=[PILReader(reverse_indexing=False), PydicomReader(swap_ij=False)]),
+        *_load(keys, reader=[PILReader(reverse_indexing=False), PydicomReader(swap_ij=False)]),
         InvertMonochrome1d(keys),
         EnsureGrayscaled(keys),
         Resized(keys, spatial_size=(size, size), mode="area"),
@@ -351,7 +355,7 @@ def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True,
         random_steps.append(InsertGaussianSignald(keys="image", mask_key="mask", label_key="label", prob=prob,
                                                   amplitude_range=amplitude_range, sigma=sigma or size / 24))
     return Compose([
-        _load(keys),
+        *_load(keys),
         Resized(keys, spatial_size=size, size_mode="longest", mode=("area", "nearest")),
         ResizeWithPadOrCropd(keys, spatial_size=spatial),
         ScaleIntensityRangePercentilesd("image", lower=0.0, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
