@@ -101,6 +101,13 @@ def test_contrastive_perturbation_with_a_map_on_the_decisive_pixel():
     assert bright[1 / 36]["f1_high"] == pytest.approx(2 * positives / (positives + len(y)))  # precision p/n, recall 1
 
 
+def test_ratio_is_nan_when_no_set_finds_the_positive_class():
+    x, y = torch.rand(6, 1, 4, 4), torch.tensor([1, 0] * 3)
+    never_positive = lambda z: torch.tensor([[1.0, 0.0]]).expand(z.shape[0], 2)  # noqa: E731
+    result = contrastive_perturbation(never_positive, x, y, torch.rand(6, 1, 4, 4), alphas=(0.1,))[0.1]
+    assert result["f1_high"] == result["f1_low"] == 0.0 and math.isnan(result["ratio"])
+
+
 def test_contrastive_perturbation_on_a_constant_model_moves_nothing():
     x = torch.rand(10, 1, 5, 5)
     y = torch.tensor([1, 0] * 5)

@@ -22,6 +22,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
+from ignite.metrics import EpochMetric
 from scipy.stats import spearmanr
 from sklearn.metrics import f1_score, precision_score, recall_score
 from torch import nn
@@ -31,7 +32,7 @@ from .ifim import eval_mode
 __all__ = ["num_perturbed", "perturbation_masks", "random_pixel_mask", "replace_pixels", "f1", "eval_logits",
            "predict", "perturbed_predictions", "perturbation_scores", "contrastive_perturbation", "fgsm",
            "pearson_per_image", "spearman_per_image", "signal_localization", "randomized_copy", "precision_recall",
-           "mean_std"]
+           "classification_metric", "mean_std"]
 
 
 def _check_map(values: torch.Tensor, name: str) -> None:
@@ -141,12 +142,18 @@ def perturbation_scores(y: torch.Tensor, predictions: Dict, num_classes: int) ->
     results: Dict[float, Dict[str, float]] = {}
     for alpha in sorted({key[0] for key in predictions if key != "clean"}):
         scores = {name: f1(y_list, predictions[(alpha, name)].tolist(), num_classes) for name in PERTURBED_SETS}
-        ratio = scores["low"] / scores["high"] if scores["high"] > 0 else math.inf
         results[alpha] = {"f1_clean": f1_clean, "f1_high": scores["high"], "f1_low": scores["low"],
-                          "f1_random": scores["random"], "ratio": ratio,
+                          "f1_random": scores["random"], "ratio": _ratio(scores["low"], scores["high"]),
                           "drop_high": f1_clean - scores["high"], "drop_low": f1_clean - scores["low"],
                           "drop_random": f1_clean - scores["random"]}
     return results
+
+
+def _ratio(low: float, high: float) -> float:
+    """F1_low / F1_high; ``inf`` when only F1_high is 0, NaN when both are (a model that never finds class 1)."""
+    if high > 0:
+        return low / high
+    return math.inf if low > 0 else math.nan
 
 
 def contrastive_perturbation(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -158,7 +165,8 @@ def contrastive_perturbation(model: Callable[[torch.Tensor], torch.Tensor], x: t
 
     Returns:
         ``{alpha: {"f1_clean", "f1_high", "f1_low", "f1_random", "ratio", "drop_high", "drop_low",
-        "drop_random"}}``. ``ratio = f1_low / f1_high`` (the paper's figure of merit; ``inf`` when f1_high is 0);
+        "drop_random"}}``. ``ratio = f1_low / f1_high`` (the paper's figure of merit; ``inf`` when only f1_high is
+        0, NaN when both are);
         the drops are ``f1_clean - f1_*``, so a large ratio with no drop at all is visible for what it is.
         F1 is of the positive class for C = 2, macro-averaged for more classes.
     """
@@ -249,6 +257,21 @@ def precision_recall(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
     labels = None if num_classes == 2 else list(range(num_classes))
     return {"precision": float(precision_score(y_true, y_pred, average=average, labels=labels, zero_division=0)),
             "recall": float(recall_score(y_true, y_pred, average=average, labels=labels, zero_division=0))}
+
+
+def classification_metric(name: str, num_classes: int) -> EpochMetric:
+    """An ignite ``EpochMetric`` for an evaluator's ``{"pred": (B, C) logits, "label": (B,)}`` batch outputs:
+    ``name`` is ``"precision"``, ``"recall"`` (as :func:`precision_recall`) or ``"f1"`` (as :func:`f1`), over the
+    whole epoch."""
+    if name not in ("precision", "recall", "f1"):
+        raise ValueError(f"name must be precision, recall or f1, got {name!r}.")
+
+    def compute(logits: torch.Tensor, labels: torch.Tensor) -> float:
+        y_true, y_pred = labels.view(-1).tolist(), logits.argmax(1).tolist()
+        return f1(y_true, y_pred, num_classes) if name == "f1" else precision_recall(y_true, y_pred, num_classes)[name]
+
+    return EpochMetric(compute, output_transform=lambda output: (output["pred"], output["label"]),
+                       check_compute_fn=False)
 
 
 def mean_std(values: Sequence[float]) -> Dict[str, float]:
