@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader
 from torch import nn
 
 from .atomic import atomic_write
@@ -30,7 +31,7 @@ from .ifim import IFIMResult, ifim_decompose
 from .metrics import perturbation_scores, perturbed_predictions
 from .visualize import decomposition_figure, save_figure_atomic
 
-__all__ = ["IFIMHandler", "PerturbationMetricsHandler", "batch_images"]
+__all__ = ["IFIMHandler", "PerturbationMetricsHandler", "CheckedCheckpointLoader", "batch_images"]
 
 
 def batch_images(engine: Engine, image_key: str = "image", name_key: str = "image_path",
@@ -209,3 +210,22 @@ class PerturbationMetricsHandler:
             for name in ("high", "low", "random"):
                 metrics[f"{self.prefix}_drop_{name}_{tag}"] = values[f"drop_{name}"]
             metrics[f"{self.prefix}_f1_clean"] = values["f1_clean"]
+
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` (``torch.load(..., weights_only=True)``) whose errors name the checkpoint: a
+    missing file fails when the config is instantiated, weights of another network when they are loaded."""
+
+    def __init__(self, load_path: str, load_dict: Dict, **kwargs):
+        if not Path(load_path).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {load_path} (train first with configs/train.yaml, or "
+                                    "set ckpt_path).")
+        super().__init__(load_path, load_dict, **kwargs)
+
+    def __call__(self, engine: Engine) -> None:
+        try:
+            super().__call__(engine)
+        except (RuntimeError, KeyError) as err:
+            names = ", ".join(type(obj).__name__ for obj in self.load_dict.values())
+            raise RuntimeError(f"checkpoint {self.load_path} does not fit the network ({names}): it was saved from "
+                               f"another network or configuration. {str(err).splitlines()[0]}") from err
