@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts.atomic import atomic_write  # noqa: E402
+from scripts.atomic import write_csv  # noqa: E402
 from scripts.data import SPLITS, build_sksbks_datalist, phantom_dataset  # noqa: E402
 from scripts.ifim import ifim_decompose  # noqa: E402
 from scripts.networks import ShallowCNN  # noqa: E402
@@ -69,13 +68,6 @@ def train(model, images, labels, epochs, batch_size, lr, seed):
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
         print(f"epoch {epoch + 1}/{epochs}: mean training loss {np.mean(losses):.3f}")
     model.eval()
-
-
-def write_csv_atomic(path: Path, header, rows) -> None:
-    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def main() -> None:
@@ -128,7 +120,7 @@ def main() -> None:
                     + [f"{p:.6g}" for p in result.probs[i].tolist()]
                     + [f"{v:.6g}" for v in result.eigenvalues[i].tolist()]
                     + [int(result.rank[i]), int(result.k[i])])
-    write_csv_atomic(out / "eigenvalues.csv", header, rows)
+    write_csv(out / "eigenvalues.csv", header, rows)
     print(f"wrote {len(rows)} decompositions to {out.resolve()} (sample_XX.png, eigenvalues.csv) "
           f"in {time.perf_counter() - start:.0f} s")
 

@@ -5,12 +5,16 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
-__all__ = ["atomic_write"]
+import nibabel as nib
+import numpy as np
+
+__all__ = ["atomic_write", "write_csv", "save_nifti"]
 
 
 @contextlib.contextmanager
@@ -27,3 +31,17 @@ def atomic_write(path: os.PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_csv(path: os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """A CSV file with a header row, written atomically."""
+    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def save_nifti(array: np.ndarray, path: os.PathLike) -> None:
+    """A NIfTI file (identity affine), written atomically; the suffix (``.nii`` / ``.nii.gz``) picks the format."""
+    with atomic_write(path) as tmp:
+        nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp))

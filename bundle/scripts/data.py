@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_write, save_nifti
 from .transforms import InsertGaussianSignald
 
 __all__ = ["phantom_slice", "phantom_dataset", "split_by_group", "write_datalist", "build_oct_datalist",
@@ -241,11 +241,6 @@ def build_cxr_datalist(root: os.PathLike, per_class: Sequence[int] = (800, 50, 7
 # ---- SKS/BKS MRI: axial slices of T1w volumes with a white-matter mask ----------------------------------------
 
 
-def _write_nifti_atomic(array: np.ndarray, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp))
-
-
 def _load_volume(path: Path) -> np.ndarray:
     try:
         return np.asarray(nib.load(str(path)).dataobj)
@@ -268,8 +263,8 @@ def _axial_slices(t1_path: Path, wm: np.ndarray, out_dir: Path, subject: str, mi
             continue
         names = [out_dir / f"{subject}_z{z:03d}_{kind}.nii.gz" for kind in ("t1", "wm")]
         if not all(n.exists() for n in names):  # the cache is reused across builds
-            _write_nifti_atomic(np.ascontiguousarray(np.rot90(t1[:, :, z])), names[0])
-            _write_nifti_atomic(np.ascontiguousarray(np.rot90(mask)).astype(np.uint8), names[1])
+            save_nifti(np.ascontiguousarray(np.rot90(t1[:, :, z])), names[0])
+            save_nifti(np.ascontiguousarray(np.rot90(mask)).astype(np.uint8), names[1])
         records.append({"image": str(names[0]), "mask": str(names[1]), "subject": subject, "slice": z})
     return records
 

@@ -14,24 +14,28 @@ these handlers before ``StatsHandler`` so their metrics exist when it logs.
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import nibabel as nib
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
-from .atomic import atomic_write
+from .atomic import atomic_write, save_nifti, write_csv
 from .ifim import IFIMResult, ifim_decompose
 from .metrics import perturbation_scores, perturbed_predictions
 from .visualize import decomposition_figure, save_figure_atomic
 
 __all__ = ["IFIMHandler", "PerturbationMetricsHandler", "CheckedCheckpointLoader", "batch_images"]
+
+
+def _batch_items(engine: Engine) -> List[dict]:
+    """The engine's current batch as one dict per input, whether MONAI decollated it (a list) or not (a dict)."""
+    batch = engine.state.batch
+    return batch if isinstance(batch, list) else [dict(zip(batch, values)) for values in zip(*batch.values())]
 
 
 def batch_images(engine: Engine, image_key: str = "image", name_key: str = "image_path",
@@ -41,8 +45,7 @@ def batch_images(engine: Engine, image_key: str = "image", name_key: str = "imag
     Names come from ``name_key`` (a source path), else the image's ``filename_or_obj`` meta, else the iteration
     and position; entries that carry a ``seed`` (several images cut from one slice) get it appended.
     """
-    batch = engine.state.batch
-    items = batch if isinstance(batch, list) else [dict(zip(batch, values)) for values in zip(*batch.values())]
+    items = _batch_items(engine)
     if not items or image_key not in items[0]:
         raise KeyError(f"the engine's batch has no {image_key!r} key.")
     images = torch.stack([torch.as_tensor(item[image_key]) for item in items])
@@ -130,20 +133,15 @@ class IFIMHandler:
             else:  # (C_in, X, Y, Z) -> NIfTI, channels last
                 for suffix, array in (("x_sens", sens), ("x_comp", comp)):
                     volume = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
-                    with atomic_write(self.output_dir / f"{name}_{suffix}.nii.gz") as tmp:
-                        nib.save(nib.Nifti1Image(volume.astype(np.float32), np.eye(4)), str(tmp))
+                    save_nifti(volume.astype(np.float32), self.output_dir / f"{name}_{suffix}.nii.gz")
             self.rows.append([name, int(result.probs[i].argmax())]
                              + [f"{p:.6g}" for p in result.probs[i].tolist()]
                              + [f"{v:.6g}" for v in result.eigenvalues[i].tolist()]
                              + [int(result.rank[i]), int(result.k[i])])
 
     def _write_csv(self, engine: Engine) -> None:
-        if self.header is None:
-            return
-        with atomic_write(self.output_dir / self.csv_name) as tmp, tmp.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(self.header)
-            writer.writerows(self.rows)
+        if self.header is not None:
+            write_csv(self.output_dir / self.csv_name, self.header, self.rows)
 
 
 class PerturbationMetricsHandler:
@@ -184,8 +182,7 @@ class PerturbationMetricsHandler:
 
     def __call__(self, engine: Engine) -> None:
         images, _ = batch_images(engine, image_key=self.image_key)
-        batch = engine.state.batch
-        labels = [item[self.label_key] for item in batch] if isinstance(batch, list) else batch[self.label_key]
+        labels = [item[self.label_key] for item in _batch_items(engine)]
         model = _model_of(engine, self.model)
         images = images.to(_device_of(model))
         result = ifim_decompose(model, images, rho=self.rho, head=self.head)
