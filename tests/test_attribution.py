@@ -105,3 +105,30 @@ def test_cams_on_resnet18_in_3d(method):
     x = torch.randn(2, 1, 16, 16, 16)
     out = attribute(method, model, x, torch.tensor([0, 1]))
     assert out.shape == (2, 1, 16, 16, 16) and torch.isfinite(out).all() and _no_hooks(model)
+
+
+class BrightPixelNet(torch.nn.Module):
+    """features: two 1x1 ReLU channels proportional to the image; class-1 logit = their global mean. Every CAM of
+    class 1 is then proportional to the image itself, so it must peak on the image's brightest pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1, bias=False), torch.nn.ReLU())
+        self.classifier = torch.nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.features[0].weight.copy_(torch.tensor([1.0, 0.5]).view(2, 1, 1, 1))
+            self.classifier.weight.copy_(torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "xgradcam", "eigencam", "scorecam"])
+def test_cams_peak_on_the_pixel_that_drives_the_class(method):
+    x = torch.full((2, 1, 12, 12), 0.1)
+    x[0, 0, 3, 7], x[1, 0, 9, 2] = 1.0, 1.0
+    x[:, :, :, :6] += 0.05  # a second, weaker level, so the map is not two-valued
+    maps = attribute(method, BrightPixelNet(), x, torch.tensor([1, 1]))
+    assert maps.shape == (2, 1, 12, 12) and maps.min() >= 0 and maps.max() <= 1
+    assert maps[0, 0].argmax().item() == 3 * 12 + 7 and maps[1, 0].argmax().item() == 9 * 12 + 2
+    assert maps[0, 0, 3, 7] == 1.0 and maps[0, 0, 0, 11] < maps[0, 0, 0, 0]  # ordered as the image, not flipped

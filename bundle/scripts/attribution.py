@@ -23,7 +23,8 @@ targets: images are grouped by target and each group gets an integer class. Its 
 ``(B,)`` scores into ``(B, C, *spatial)`` gradients without reshaping (broadcast along the last spatial axis), right
 only for one image: it runs image by image. The CAMs register hooks they never remove and zero the parameters'
 ``.grad``: they run here on a copy of the model that shares its parameters (cheap), and parameter gradients are
-restored afterwards.
+restored afterwards. Every CAM is scaled to [0, 1] by :func:`unit_range`, not MONAI's ``default_normalizer``,
+which maps (min, max) to (1, 0) and so would rank a CAM's coldest pixels first.
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ import numpy as np
 import torch
 from captum.attr import GradientShap
 from monai.visualize import GradCAM, GradCAMpp
-from monai.visualize.class_activation_maps import ModelWithHooks, default_normalizer, default_upsampler
+from monai.visualize.class_activation_maps import ModelWithHooks, default_upsampler
 from torch import nn
 
 from .ifim import ifim_decompose
 
-__all__ = ["METHODS", "attribute", "default_cam_layer"]
+__all__ = ["METHODS", "attribute", "default_cam_layer", "unit_range"]
 
 METHODS = ("ifim_sensitive", "ifim_complement", "gradcam", "gradcampp", "xgradcam", "eigencam", "scorecam",
            "deepshap", "vanilla_gradient", "random")
@@ -87,10 +88,22 @@ def _by_target(x: torch.Tensor, target: torch.Tensor, fn: Callable[[torch.Tensor
     return out
 
 
+def unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Per image and channel, map (min, max) to (0, 1); a constant map becomes 0. ``(B, K, *spatial)``.
+
+    The CAMs' post-processing. MONAI's ``default_normalizer`` maps (min, max) to (1, 0): it flips magnitudes (for
+    display), so a CAM's coldest pixels would rank first and Score-CAM would mask with inverted activations.
+    """
+    flat = x.flatten(2)
+    low = flat.min(-1, keepdim=True).values
+    span = flat.max(-1, keepdim=True).values - low
+    return torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(x.dtype).tiny), 0.0).view_as(x)
+
+
 def _cam_from(acti: torch.Tensor, weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """ReLU(sum_k w_k A_k), upsampled to the input and min-max normalized per image as MONAI's CAMs are."""
+    """ReLU(sum_k w_k A_k), upsampled to the input and scaled to [0, 1] per image (:func:`unit_range`)."""
     cam = torch.relu((weights * acti).sum(1, keepdim=True))
-    return default_normalizer(default_upsampler(x.shape[2:])(cam))
+    return unit_range(default_upsampler(x.shape[2:])(cam))
 
 
 def _hooked(model: nn.Module, layer: str, backward: bool) -> ModelWithHooks:
@@ -113,14 +126,14 @@ def _eigencam(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     # The principal direction's sign is arbitrary: orient it along the mean activation.
     sign = torch.sign((flat.mean(1) * component).sum(1, keepdim=True)).clamp_min(0) * 2 - 1
     cam = torch.relu(sign * projection).view(acti.shape[0], 1, *acti.shape[2:]).to(x.dtype)
-    return default_normalizer(default_upsampler(x.shape[2:])(cam))
+    return unit_range(default_upsampler(x.shape[2:])(cam))
 
 
 @torch.no_grad()
 def _scorecam(model: nn.Module, layer: str, x: torch.Tensor, cls: int, chunk: int = 64) -> torch.Tensor:
     hooked = _hooked(model, layer, False)
     _, (acti,), _ = hooked(x)
-    masks = default_normalizer(default_upsampler(x.shape[2:])(acti.detach()))  # (B, K, *spatial) in [0, 1]
+    masks = unit_range(default_upsampler(x.shape[2:])(acti.detach()))  # (B, K, *spatial) in [0, 1]
     maps = []
     for image, image_masks, image_acti in zip(x, masks, acti.detach()):
         masked = image[None] * image_masks[:, None]  # (K, C_in, *spatial)
@@ -197,9 +210,9 @@ def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[t
         if method == "eigencam":
             return _eigencam(clone, layer, x).detach()
         cams: Dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
-            "gradcam": lambda z, c: GradCAM(clone, layer)(z, class_idx=c),
-            "gradcampp": lambda z, c: torch.cat([GradCAMpp(clone, layer)(z[i:i + 1], class_idx=c)
-                                                 for i in range(len(z))]),
+            "gradcam": lambda z, c: GradCAM(clone, layer, postprocessing=unit_range)(z, class_idx=c),
+            "gradcampp": lambda z, c: torch.cat([GradCAMpp(clone, layer, postprocessing=unit_range)(
+                z[i:i + 1], class_idx=c) for i in range(len(z))]),
             "xgradcam": lambda z, c: _xgradcam(clone, layer, z, c),
             "scorecam": lambda z, c: _scorecam(clone, layer, z, c),
         }
