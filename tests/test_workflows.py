@@ -4,6 +4,7 @@ on 64^2 images of the offline default task, the model-zoo checks, and the errors
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -42,15 +43,34 @@ def test_train_writes_the_best_checkpoint_and_tensorboard_logs(trained):
     assert (work / "models" / "datalist.json").is_file()
 
 
-def test_evaluate_reports_table_ii_and_perturbation_metrics(trained):
+def test_evaluate_writes_the_report_with_table_ii_over_seeds(trained):
     work, cache, ckpt = trained
-    bundle_cmd("run", "--config_file", "bundle/configs/evaluate.yaml", "--counts", "[64, 16, 16]",
-               "--ckpt_path", ckpt, "--output_dir", work / "eval", "--cache_dir", cache)
+    args = ["run", "--config_file", "bundle/configs/evaluate.yaml", "--counts", "[64, 16, 16]", "--ckpt_path", ckpt,
+            "--output_dir", work / "eval", "--cache_dir", cache, "--table2_seeds", "[1]", "--table2_max_epochs", 1]
+    bundle_cmd(*args)
     metrics = dict(row for row in csv.reader((work / "eval" / "metrics.csv").open()))
-    for key in ("test_accuracy", "test_precision", "test_recall", "test_f1", "ifim_perturbation_ratio_1",
-                "ifim_perturbation_drop_high_3", "ifim_perturbation_drop_random_2"):
+    for key in ("test_accuracy", "test_precision", "test_recall", "test_f1", "study_ratio_ifim_1",
+                "study_ratio_scorecam_3", "study_fgsm_pearson_ifim_sensitive", "study_fgsm_flip_rate"):
         assert key in metrics, key
     assert 0.0 <= float(metrics["test_accuracy"]) <= 1.0
+    report = work / "eval" / "report"
+    results = json.loads((report / "results.json").read_text())
+    assert results["study"]["n_images"] == 16
+    assert set(results["study"]["perturbation"]) == {"ifim", "gradcam", "gradcampp", "xgradcam", "eigencam",
+                                                     "scorecam", "deepshap", "vanilla_gradient", "random"}
+    seeds = results["table2"]["seeds"]
+    assert [r["seed"] for r in seeds] == [0, 1] and seeds[0]["checkpoint"] == str(ckpt)
+    assert results["table2"]["precision"]["n"] == 2
+    # the checkpoint under evaluation scores in Table II what the evaluator measured
+    assert seeds[0]["accuracy"] == pytest.approx(float(metrics["test_accuracy"]))
+    for name in ("report.md", "fig3_perturbation_ratio.png", "fig4_fgsm_correlation.png", "fig1_overlays.png",
+                 "table2.csv"):
+        assert (report / name).is_file(), name
+    seed_ckpt = work / "eval" / "seeds" / "seed1" / "model.pt"
+    stamp = seed_ckpt.stat().st_mtime_ns
+    bundle_cmd(*args, "--study_methods", "[gradcam]")  # a second report reuses the trained seed
+    assert seed_ckpt.stat().st_mtime_ns == stamp
+    assert set(json.loads((report / "results.json").read_text())["study"]["perturbation"]) == {"gradcam"}
 
 
 @pytest.mark.parametrize("form", ["run inference", "run", "bundle_root", "meta_file", "inside bundle"])

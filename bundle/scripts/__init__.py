@@ -12,9 +12,11 @@ from .data import (
     phantom_slice,
     write_datalist,
 )
-from .handlers import IFIMHandler, PerturbationMetricsHandler
+from .handlers import AttributionStudyHandler, IFIMHandler, PerturbationMetricsHandler
 from .ifim import IFIMResult, fisher_quadratic, ifim_decompose, predictive_probs
 from .networks import VGG16, ShallowCNN, get_network, resnet18
+from .report import write_report
+from .study import AttributionStudy
 from .transforms import (
     EnsureGrayscaled,
     InsertGaussianSignal,

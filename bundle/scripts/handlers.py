@@ -6,6 +6,8 @@
   x_comp files (NIfTI for 3D; ``.npy`` plus a PNG overlay in contrast-adjusted jet for 2D) and one CSV row.
 * :class:`PerturbationMetricsHandler`: the contrastive pixel-perturbation study (eq. 23-26) over each epoch,
   reported in ``engine.state.metrics`` so ``StatsHandler`` and ``TensorBoardStatsHandler`` log it.
+* :class:`AttributionStudyHandler`: the paper's comparison of iFIM with every baseline map and the controls
+  (:class:`scripts.study.AttributionStudy`), written as a report (:func:`scripts.report.write_report`).
 
 MONAI evaluators run under ``torch.no_grad()``; the engine turns gradients back on for itself. Batches are read
 from ``engine.state.batch``, collated (a dict) or decollated (a list of dicts, MONAI's default). In a config, list
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,9 +29,12 @@ from torch import nn
 from .atomic import atomic_write, save_nifti, write_csv
 from .ifim import IFIMResult, ifim_decompose
 from .metrics import perturbation_scores, perturbed_predictions
+from .report import write_report
+from .study import STUDY_MAPS, AttributionStudy
 from .visualize import decomposition_figure, save_figure_atomic
 
-__all__ = ["IFIMHandler", "PerturbationMetricsHandler", "CheckedCheckpointLoader", "batch_images"]
+__all__ = ["IFIMHandler", "PerturbationMetricsHandler", "AttributionStudyHandler", "CheckedCheckpointLoader",
+           "batch_images"]
 
 
 def _batch_items(engine: Engine) -> List[dict]:
@@ -207,6 +212,74 @@ class PerturbationMetricsHandler:
             for name in ("high", "low", "random"):
                 metrics[f"{self.prefix}_drop_{name}_{tag}"] = values[f"drop_{name}"]
             metrics[f"{self.prefix}_f1_clean"] = values["f1_clean"]
+
+
+class AttributionStudyHandler:
+    """Compare iFIM with every baseline map over an evaluator's epoch and write the report (Sec. IV-E/F, Fig. 1-4).
+
+    Per batch (until ``max_images``): :meth:`scripts.study.AttributionStudy.update` with the batch's images, labels
+    and, when the batch carries them, the known signal's ``center_key`` / ``sigma_key``. At the end of the epoch:
+    the results on ``engine.state.<state_key>``, headline numbers in ``engine.state.metrics``
+    (``<prefix>_ratio_<method>_<a>``, ``<prefix>_fgsm_pearson_<map>``, ``<prefix>_fgsm_flip_rate``), and the report
+    in ``report_dir`` with the evaluator's other metrics and the optional Table II (``seed_table``).
+
+    Args:
+        report_dir: where the report goes (replaced as a whole at each epoch end); None computes only.
+        methods, alphas, noise_mean, noise_std, epsilon, seed, rho, max_images, n_examples: see
+            :class:`scripts.study.AttributionStudy`.
+        model: the classifier; default ``engine.network``.
+        seed_table: Table II (:func:`scripts.workflows.seed_table`), shown in the report.
+        context: run settings shown at the top of the report.
+    """
+
+    def __init__(self, report_dir: Optional[os.PathLike] = None, methods: Sequence[str] = STUDY_MAPS,
+                 alphas: Sequence[float] = (0.01, 0.02, 0.03), noise_mean: float = 0.0, noise_std: float = 1.0,
+                 epsilon: float = 0.01, seed: int = 0, rho: float = 0.9, max_images: Optional[int] = None,
+                 n_examples: int = 4, model: Optional[nn.Module] = None, image_key: str = "image",
+                 label_key: str = "label", center_key: str = "signal_center", sigma_key: str = "signal_sigma",
+                 seed_table: Optional[dict] = None, context: Optional[Mapping[str, Any]] = None,
+                 state_key: str = "study", prefix: str = "study"):
+        self.report_dir = None if report_dir is None else Path(report_dir)
+        self.study = AttributionStudy(methods, alphas, noise_mean, noise_std, epsilon, seed, rho, max_images,
+                                      n_examples)
+        self.model, self.image_key, self.label_key = model, image_key, label_key
+        self.center_key, self.sigma_key = center_key, sigma_key
+        self.seed_table, self.context = seed_table, dict(context or {})
+        self.state_key, self.prefix = state_key, prefix
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.study.reset())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._finish)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.study.full:
+            return
+        images, _ = batch_images(engine, image_key=self.image_key)
+        items = _batch_items(engine)
+        model = _model_of(engine, self.model)
+        device = _device_of(model)
+        labels = torch.as_tensor(np.asarray([np.asarray(item[self.label_key]) for item in items])).view(-1)
+        known = all(self.center_key in item and self.sigma_key in item for item in items)
+        centers = torch.stack([torch.as_tensor(item[self.center_key]).view(-1) for item in items]) if known else None
+        sigmas = torch.stack([torch.as_tensor(item[self.sigma_key]).view(()) for item in items]) if known else None
+        self.study.update(model, images.to(device), labels, centers, sigmas)
+
+    def _finish(self, engine: Engine) -> None:
+        if not self.study.labels:
+            return
+        results = self.study.compute()
+        setattr(engine.state, self.state_key, results)
+        metrics = engine.state.metrics
+        for method, per_alpha in results["perturbation"].items():
+            for alpha, values in per_alpha.items():
+                metrics[f"{self.prefix}_ratio_{method}_{100 * float(alpha):g}"] = values["ratio"]
+        for name, values in results["fgsm"]["pearson"].items():
+            metrics[f"{self.prefix}_fgsm_pearson_{name}"] = values["mean"]
+        metrics[f"{self.prefix}_fgsm_flip_rate"] = results["fgsm"]["flip_rate"]
+        if self.report_dir is not None:
+            test_metrics = {k: v for k, v in metrics.items() if not k.startswith(self.prefix)}
+            write_report(self.report_dir, results, self.study.examples, test_metrics, self.seed_table, self.context)
 
 
 class CheckedCheckpointLoader(CheckpointLoader):

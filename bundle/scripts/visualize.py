@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -18,7 +18,8 @@ from matplotlib import colormaps  # noqa: E402
 
 from .atomic import atomic_write  # noqa: E402
 
-__all__ = ["contrast_adjust", "jet_overlay", "decomposition_figure", "sample_grid_figure", "save_figure_atomic"]
+__all__ = ["contrast_adjust", "jet_overlay", "decomposition_figure", "sample_grid_figure", "maps_grid_figure",
+           "grouped_bar_figure", "save_figure_atomic"]
 
 Box = Tuple[Sequence[float], float]  # (centre (row, col), half width) of a known signal
 
@@ -93,4 +94,53 @@ def sample_grid_figure(images: Sequence[np.ndarray], titles: Sequence[str], boxe
         ax.axis("off")
     for ax, image, title, box in zip(axes.flat, images, titles, boxes):
         _show(ax, contrast_adjust(image, 0.5, 99.5), title, "gray", box)
+    return fig
+
+
+def maps_grid_figure(images: Sequence[np.ndarray], maps: Sequence[Mapping[str, np.ndarray]], titles: Sequence[str],
+                     boxes: Sequence[Optional[Box]]) -> plt.Figure:
+    """One row per image: the image, then each of its maps in contrast-adjusted jet over it (Fig. 1-2 across
+    methods); known signals boxed in red.
+
+    Args:
+        images: ``(H, W)`` backgrounds.
+        maps: per image, ``{method: (H, W) map}``, the same methods in the same order for every image.
+        titles: one row label per image.
+        boxes: per image, ``(centre, half width)`` of its signal or None.
+    """
+    methods = list(maps[0]) if maps else []
+    columns = 1 + len(methods)
+    fig, axes = plt.subplots(len(images), columns, figsize=(1.7 * columns, 1.9 * len(images)), squeeze=False)
+    for row, (image, row_maps, title, box) in enumerate(zip(images, maps, titles, boxes)):
+        _show(axes[row, 0], contrast_adjust(image, 0.5, 99.5), title, "gray", box)
+        for col, method in enumerate(methods, start=1):
+            _show(axes[row, col], jet_overlay(image, row_maps[method]), method if row == 0 else "", None, box)
+    return fig
+
+
+def grouped_bar_figure(values: Mapping[str, Sequence[float]], groups: Sequence[str], ylabel: str, title: str = "",
+                       errors: Optional[Mapping[str, Sequence[float]]] = None,
+                       reference: Optional[float] = None) -> plt.Figure:
+    """Bars of ``values[method][g]`` for each group ``g`` (e.g. a pixel fraction), methods side by side within a
+    group, iFIM entries hatched; optional error bars and a dashed reference line (e.g. ratio 1: no contrast).
+    Non-finite values are drawn as missing and marked ``n/a``."""
+    methods = list(values)
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(methods) * len(groups) + 2), 3.6))
+    colors = colormaps["tab10"]
+    for j, method in enumerate(methods):
+        heights = np.asarray(values[method], dtype=np.float64)
+        positions = np.arange(len(groups)) + (j - (len(methods) - 1) / 2) * width
+        finite = np.isfinite(heights)
+        err = None if errors is None else np.asarray(errors[method], dtype=np.float64)[finite]
+        ax.bar(positions[finite], heights[finite], width, yerr=err, label=method, color=colors(j % 10),
+               hatch="//" if method.startswith("ifim") else None, edgecolor="black", linewidth=0.4, capsize=2)
+        for x in positions[~finite]:
+            ax.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
+    if reference is not None:
+        ax.axhline(reference, color="gray", linestyle="--", linewidth=0.8)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     return fig

@@ -1,0 +1,214 @@
+# Copyright (c) the iFIM bundle contributors.
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""The paper's comparison of maps (Sec. IV-E, IV-F) and the reviewer's controls, accumulated batch by batch.
+
+:class:`AttributionStudy` takes batches (``update``) and returns one results dict (``compute``), so it runs inside an
+ignite handler (:class:`scripts.handlers.AttributionStudyHandler`) or from plain Python. Per batch, for every map
+of :data:`STUDY_MAPS` (``scripts.attribution.attribute``), with the model's predicted class as the target:
+
+* contrastive pixel perturbation (eq. 23-26): iFIM perturbs TopK(S) against BottomK(I); every other method the
+  top-k against the bottom-k of its own map; plus k random pixels; the same noise for every method;
+* FGSM (eq. 27): Pearson correlation of the map of x and of x_adv (same target), and the predictions it flipped;
+* localization where a signal is known (positives carrying ``signal_center`` >= 0): energy inside the disk of
+  radius ``2 sigma`` against the disk's area fraction, and the pointing game;
+* model-parameter randomization (Adebayo et al. 2018): Spearman correlation of the maps of the model and of a
+  randomized copy (high correlation means the map does not depend on what the model learned);
+* for C = 2, the overlap of the top-k sets of S(x) and of the vanilla gradient (equal in exact arithmetic: for a
+  binary softmax both are multiples of |grad(z_1 - z_0)|).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .attribution import attribute
+from .metrics import (
+    eval_logits,
+    fgsm,
+    pearson_per_image,
+    perturbation_masks,
+    perturbation_scores,
+    perturbed_predictions,
+    randomized_copy,
+    signal_localization,
+    spearman_per_image,
+)
+
+__all__ = ["STUDY_MAPS", "PERTURBATION_METHODS", "AttributionStudy", "nan_mean_std"]
+
+IFIM_MAPS = ("ifim_sensitive", "ifim_complement")
+# maps compared one by one (FGSM, localization, randomization): the two iFIM parts and every baseline
+STUDY_MAPS = IFIM_MAPS + ("gradcam", "gradcampp", "xgradcam", "eigencam", "scorecam", "deepshap", "vanilla_gradient",
+                          "random")
+# the perturbation study pairs S with I for iFIM; a single map is ranked against itself
+PERTURBATION_METHODS = ("ifim",) + STUDY_MAPS[2:]
+
+
+def nan_mean_std(values: Sequence[float]) -> Dict[str, float]:
+    """Mean and sample std (ddof 1) of the finite values; ``n`` counts them and ``n_undefined`` the NaN ones
+    (e.g. the correlation of a constant map)."""
+    array = np.asarray(values, dtype=np.float64)
+    finite = array[np.isfinite(array)]
+    mean = float(finite.mean()) if finite.size else math.nan
+    std = float(finite.std(ddof=1)) if finite.size > 1 else (0.0 if finite.size else math.nan)
+    return {"mean": mean, "std": std, "n": int(finite.size), "n_undefined": int(array.size - finite.size)}
+
+
+class AttributionStudy:
+    """Accumulate the map comparison over batches.
+
+    Args:
+        methods: maps to compare, from :data:`STUDY_MAPS` (both iFIM parts are computed whenever either is named).
+        alphas: perturbed pixel fractions (paper: 1, 2, 3 %).
+        noise_mean, noise_std: the fixed Gaussian the perturbed pixels are drawn from.
+        epsilon: FGSM step (image intensity units).
+        seed: seeds the noise, the random map, GradientShap and the randomized model.
+        rho: iFIM energy threshold.
+        max_images: stop accumulating after this many images (None: all).
+        n_examples: images kept, with every map, for the overlay figure (positives with a known signal first).
+        radius_in_sigmas: localization disk radius.
+    """
+
+    def __init__(self, methods: Sequence[str] = STUDY_MAPS, alphas: Sequence[float] = (0.01, 0.02, 0.03),
+                 noise_mean: float = 0.0, noise_std: float = 1.0, epsilon: float = 0.01, seed: int = 0,
+                 rho: float = 0.9, max_images: Optional[int] = None, n_examples: int = 4,
+                 radius_in_sigmas: float = 2.0):
+        unknown = set(methods) - set(STUDY_MAPS)
+        if unknown or not methods:
+            raise ValueError(f"methods must be a non-empty subset of {STUDY_MAPS}; unknown: {sorted(unknown)}.")
+        wanted = set(methods)
+        if wanted & set(IFIM_MAPS):  # one decomposition gives both parts, and the perturbation study pairs them
+            wanted |= set(IFIM_MAPS)
+        self.maps = [m for m in STUDY_MAPS if m in wanted]
+        self.alphas, self.noise_mean, self.noise_std = tuple(alphas), noise_mean, noise_std
+        self.epsilon, self.seed, self.rho = epsilon, seed, rho
+        self.max_images, self.n_examples, self.radius = max_images, n_examples, radius_in_sigmas
+        self.reset()
+
+    @property
+    def perturbation_methods(self) -> List[str]:
+        return [m for m in PERTURBATION_METHODS if m in self.maps or (m == "ifim" and IFIM_MAPS[0] in self.maps)]
+
+    def reset(self) -> None:
+        self.n_images, self.n_batches, self.num_classes = 0, 0, 0
+        self.labels: List[torch.Tensor] = []
+        self.predictions: Dict[str, Dict] = {m: {} for m in self.perturbation_methods}
+        self.flipped: List[torch.Tensor] = []
+        self.pearson: Dict[str, List[float]] = {m: [] for m in self.maps}
+        self.spearman: Dict[str, List[float]] = {m: [] for m in self.maps}
+        self.localization: Dict[str, Dict[str, List[float]]] = {m: {} for m in self.maps}
+        self.topk_overlap: Dict[float, List[float]] = {a: [] for a in self.alphas}
+        self.examples: List[dict] = []
+        self._random_model: Optional[nn.Module] = None
+
+    @property
+    def full(self) -> bool:
+        return self.max_images is not None and self.n_images >= self.max_images
+
+    def _maps(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, seed: int) -> Dict[str, torch.Tensor]:
+        return {m: attribute(m, model, x, target, rho=self.rho, seed=seed).detach() for m in self.maps}
+
+    def update(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, signal_center: Optional[torch.Tensor] = None,
+               signal_sigma: Optional[torch.Tensor] = None) -> None:
+        """Add one batch: ``x (B, C_in, *spatial)``, labels ``y (B,)``; for a known signal, ``signal_center
+        (B, spatial_dims)`` (-1 where absent) and ``signal_sigma (B,)`` in voxels."""
+        if self.full:
+            return
+        if self.max_images is not None:
+            keep = self.max_images - self.n_images
+            x, y = x[:keep], y[:keep]
+            signal_center = None if signal_center is None else signal_center[:keep]
+            signal_sigma = None if signal_sigma is None else signal_sigma[:keep]
+        y = torch.as_tensor(y).view(-1).long().to(x.device)
+        seed = self.seed + 1000 * self.n_batches
+        logits = eval_logits(model, x)
+        self.num_classes = int(logits.shape[1])
+        target = logits.argmax(1)
+        maps = self._maps(model, x, target, seed)
+
+        for method in self.perturbation_methods:
+            high, low = (maps["ifim_sensitive"], maps["ifim_complement"]) if method == "ifim" else (maps[method],) * 2
+            batch = perturbed_predictions(model, x, high, low, self.alphas, self.noise_mean, self.noise_std, seed)
+            for key, value in batch.items():
+                self.predictions[method].setdefault(key, []).append(value.cpu())
+        self.labels.append(y.cpu())
+
+        x_adv = fgsm(model, x, y, self.epsilon)
+        self.flipped.append((eval_logits(model, x_adv).argmax(1) != target).cpu())
+        adv_maps = self._maps(model, x_adv, target, seed)
+        if self._random_model is None:
+            self._random_model = randomized_copy(model, seed=self.seed)
+        random_maps = self._maps(self._random_model, x, target, seed)
+        for m in self.maps:
+            self.pearson[m] += pearson_per_image(maps[m], adv_maps[m]).tolist()
+            self.spearman[m] += spearman_per_image(maps[m], random_maps[m]).tolist()
+
+        known = None
+        if signal_center is not None and signal_sigma is not None:
+            centers = torch.as_tensor(signal_center).to(x.device).view(len(x), -1).double()
+            known = (y == 1) & (centers >= 0).all(1)
+            if known.any():
+                sigmas = torch.as_tensor(signal_sigma).to(x.device).view(-1).double()[known]
+                for m in self.maps:
+                    for key, values in signal_localization(maps[m][known], centers[known], sigmas,
+                                                           self.radius).items():
+                        self.localization[m].setdefault(key, []).extend(values.tolist())
+
+        if self.num_classes == 2 and {"ifim_sensitive", "vanilla_gradient"} <= set(self.maps):
+            for alpha in self.alphas:
+                top_s, _ = perturbation_masks(maps["ifim_sensitive"], maps["ifim_sensitive"], alpha)
+                top_g, _ = perturbation_masks(maps["vanilla_gradient"], maps["vanilla_gradient"], alpha)
+                overlap = (top_s & top_g).flatten(1).sum(1).double() / top_s.flatten(1).sum(1).double()
+                self.topk_overlap[alpha] += overlap.tolist()
+
+        self._keep_examples(x, y, target, maps, known, signal_center, signal_sigma)
+        self.n_images += len(x)
+        self.n_batches += 1
+
+    def _keep_examples(self, x, y, target, maps, known, centers, sigmas) -> None:
+        order = list(range(len(x)))
+        if known is not None:  # positives with a known signal first: their box shows where a map should point
+            order.sort(key=lambda i: not bool(known[i]))
+        for i in order:
+            has_signal = known is not None and bool(known[i])
+            candidate = {"image": x[i].detach().cpu().numpy(), "label": int(y[i]), "predicted": int(target[i]),
+                         "maps": {m: maps[m][i, 0].cpu().numpy() for m in self.maps},
+                         "signal": (centers[i].tolist(), float(sigmas[i])) if has_signal else None}
+            if len(self.examples) < self.n_examples:
+                self.examples.append(candidate)
+            elif has_signal:  # swap a signal-free example for this one
+                free = [j for j, e in enumerate(self.examples) if e["signal"] is None]
+                if not free:
+                    return
+                self.examples[free[0]] = candidate
+
+    def compute(self) -> dict:
+        """The study's results (plain floats and dicts, JSON-ready)."""
+        if not self.labels:
+            raise RuntimeError("the study saw no images.")
+        y = torch.cat(self.labels)
+        perturbation = {}
+        for method in self.perturbation_methods:
+            merged = {key: torch.cat(values) for key, values in self.predictions[method].items()}
+            scores = perturbation_scores(y, merged, self.num_classes)
+            perturbation[method] = {f"{alpha:g}": values for alpha, values in scores.items()}
+        localization = {m: {key: float(np.mean(values)) for key, values in self.localization[m].items()}
+                        for m in self.maps if self.localization[m]}
+        for m in localization:
+            localization[m]["n"] = len(self.localization[m]["pointing_hit"])
+        return {
+            "n_images": self.n_images, "num_classes": self.num_classes, "alphas": list(self.alphas),
+            "noise": {"mean": self.noise_mean, "std": self.noise_std, "seed": self.seed}, "rho": self.rho,
+            "perturbation": perturbation,
+            "fgsm": {"epsilon": self.epsilon, "flip_rate": float(torch.cat(self.flipped).double().mean()),
+                     "pearson": {m: nan_mean_std(self.pearson[m]) for m in self.maps}},
+            "localization": localization,
+            "randomization": {m: nan_mean_std(self.spearman[m]) for m in self.maps},
+            "topk_overlap_ifim_sensitive_vs_gradient": {f"{a:g}": float(np.mean(v)) for a, v in
+                                                        self.topk_overlap.items() if v},
+        }

@@ -1,0 +1,117 @@
+# Copyright (c) the iFIM bundle contributors.
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""Table II over training seeds (engine glue, floor 3): :func:`seed_table` trains extra seeds through train.yaml's
+own ``SupervisedTrainer`` and scores every checkpoint on the test set with a ``SupervisedEvaluator``.
+
+The training and validation datasets are built once and shared by every seed (``CacheDataset`` costs minutes on
+CPU; the seeds differ only in weights and shuffling, ``data_seed`` stays). A seed's checkpoint is reused when its
+folder holds one trained with the same overrides, so a second report costs no training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from monai.bundle import ConfigParser
+from monai.data import DataLoader
+from monai.engines import SupervisedEvaluator
+from torch.utils.data import Dataset
+
+from .atomic import atomic_write
+from .metrics import classification_metric, mean_std
+from .networks import get_network
+
+__all__ = ["seed_table", "test_scores"]
+
+logger = logging.getLogger(__name__)
+SCORES = ("precision", "recall", "f1", "accuracy")
+
+
+def test_scores(network: torch.nn.Module, dataset: Dataset, num_classes: int, device: torch.device,
+                batch_size: int = 64) -> Dict[str, float]:
+    """Precision, recall, F1 (as Table II: class 1 for C = 2, macro otherwise) and accuracy of ``network`` on
+    ``dataset``, through a ``SupervisedEvaluator``."""
+    from ignite.metrics import Accuracy
+
+    metrics = {name: classification_metric(name, num_classes) for name in SCORES[:3]}
+    metrics["accuracy"] = Accuracy(output_transform=lambda output: (output["pred"], output["label"]))
+    evaluator = SupervisedEvaluator(device=device, val_data_loader=DataLoader(dataset, batch_size=batch_size),
+                                    network=network.to(device), key_val_metric={"accuracy": metrics.pop("accuracy")},
+                                    additional_metrics=metrics, decollate=False)
+    evaluator.run()
+    return {name: float(evaluator.state.metrics[name]) for name in SCORES}
+
+
+def _load(network_name: str, num_classes: int, checkpoint: Path) -> torch.nn.Module:
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    network = get_network(network_name, spatial_dims=2, in_channels=1, num_classes=num_classes)
+    try:
+        network.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    except (RuntimeError, KeyError) as err:
+        raise RuntimeError(f"checkpoint {checkpoint} does not fit {network_name}: {str(err).splitlines()[0]}") from err
+    return network
+
+
+def _train_seed(train_config: os.PathLike, seed: int, seed_dir: Path, overrides: Mapping[str, Any],
+                shared: Dict[str, Any]) -> Path:
+    """Run train.yaml's trainer for ``seed`` into ``seed_dir``; datasets built by the first seed are reused."""
+    parser = ConfigParser()
+    parser.read_config(str(train_config))
+    parser.update({**overrides, "seed": seed, "output_dir": str(seed_dir), "log_dir": str(seed_dir / "logs")})
+    for key, dataset in shared.items():
+        parser[key] = dataset  # a plain object in a config is passed through as it is
+    parser.parse(reset=True)
+    parser.get_parsed_content("initialize")  # set_determinism(seed) before the network is built
+    for key in ("train#dataset", "validate#dataset"):
+        shared.setdefault(key, parser.get_parsed_content(key))
+    parser.get_parsed_content("train#trainer").run()
+    return seed_dir / "model.pt"
+
+
+def seed_table(train_config: os.PathLike, seeds: Sequence[int], test_dataset: Dataset, num_classes: int,
+               output_dir: os.PathLike, network_name: str = "shallow_cnn",
+               checkpoints: Optional[Mapping[int, os.PathLike]] = None,
+               train_overrides: Optional[Mapping[str, Any]] = None, device: Optional[torch.device] = None,
+               batch_size: int = 64) -> Dict[str, Any]:
+    """Table II: precision / recall / F1 / accuracy on ``test_dataset`` for one checkpoint per training seed, and
+    their mean +- std (ddof 1).
+
+    Args:
+        train_config: the bundle's ``train.yaml``.
+        seeds: seeds to train (``--seed`` of train.yaml) unless ``checkpoints`` has them.
+        test_dataset: the evaluator's test dataset (shared, not rebuilt).
+        output_dir: ``seed<k>/model.pt`` per trained seed, with the overrides it was trained with.
+        checkpoints: seeds already trained, e.g. ``{0: the shipped model}``.
+        train_overrides: train.yaml keys to set (task, counts, image_size, max_epochs, cache_dir, ...): the same
+            data and network as the evaluated checkpoint.
+    """
+    device = device or torch.device("cpu")
+    overrides = {k: v for k, v in (train_overrides or {}).items()}
+    known = {int(k): Path(v) for k, v in (checkpoints or {}).items()}
+    rows: List[Dict[str, Any]] = []
+    shared: Dict[str, Any] = {}
+    for seed in sorted(set(known) | {int(s) for s in seeds}):
+        checkpoint = known.get(seed)
+        if checkpoint is None:
+            seed_dir = Path(output_dir) / f"seed{seed}"
+            stamp = seed_dir / "train_overrides.json"
+            wanted = json.dumps({k: str(v) for k, v in sorted(overrides.items())})
+            checkpoint = seed_dir / "model.pt"
+            if not (checkpoint.is_file() and stamp.is_file() and stamp.read_text() == wanted):
+                logger.info(f"Table II: training seed {seed} into {seed_dir}")
+                checkpoint.unlink(missing_ok=True)
+                _train_seed(train_config, seed, seed_dir, overrides, shared)
+                with atomic_write(stamp) as tmp:
+                    tmp.write_text(wanted)
+        network = _load(network_name, num_classes, checkpoint)
+        rows.append({"seed": seed, "checkpoint": str(checkpoint),
+                     **test_scores(network, test_dataset, num_classes, device, batch_size)})
+    if not rows:
+        raise ValueError("seed_table needs at least one seed or checkpoint.")
+    return {"seeds": rows, **{name: mean_std([r[name] for r in rows]) for name in SCORES}}

@@ -1,0 +1,175 @@
+"""The map comparison (scripts.study) against the plain metric functions, and the report it writes: its numbers,
+its findings derived from them, valid JSON and an all-or-nothing folder. The outcome of a comparison between
+methods is never asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import scripts.report as report_module
+from scripts.attribution import attribute
+from scripts.metrics import contrastive_perturbation, fgsm, pearson_per_image, signal_localization
+from scripts.networks import ShallowCNN
+from scripts.report import findings, write_report
+from scripts.study import STUDY_MAPS, AttributionStudy, nan_mean_std
+
+ALPHAS = (0.01, 0.05)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    torch.manual_seed(0)
+    model = ShallowCNN(2, 1, 2).double()
+    x = torch.rand(6, 1, 20, 20, dtype=torch.float64)
+    y = torch.tensor([1, 0, 1, 1, 0, 0])
+    centers = torch.tensor([[5.0, 6.0], [-1, -1], [10.0, 12.0], [14.0, 3.0], [-1, -1], [-1, -1]])
+    sigmas = torch.tensor([2.0, 0.0, 1.5, 2.5, 0.0, 0.0])
+    return model, x, y, centers, sigmas
+
+
+@pytest.fixture(scope="module")
+def studied(batch):
+    model, x, y, centers, sigmas = batch
+    study = AttributionStudy(STUDY_MAPS, alphas=ALPHAS, noise_mean=0.5, noise_std=0.25, epsilon=0.05, seed=3,
+                             n_examples=2)
+    study.update(model, x, y, centers, sigmas)
+    return study, study.compute()
+
+
+def test_study_numbers_equal_the_plain_metric_functions(batch, studied):
+    model, x, y, centers, sigmas = batch
+    _, results = studied
+    assert results["n_images"] == 6 and results["num_classes"] == 2
+    sens, comp = attribute("ifim_sensitive", model, x), attribute("ifim_complement", model, x)
+    expected = contrastive_perturbation(model, x, y, sens, comp, ALPHAS, 0.5, 0.25, seed=3)
+    for alpha in ALPHAS:
+        assert results["perturbation"]["ifim"][f"{alpha:g}"] == pytest.approx(expected[alpha], nan_ok=True)
+    gradcam = attribute("gradcam", model, x)
+    expected = contrastive_perturbation(model, x, y, gradcam, None, ALPHAS, 0.5, 0.25, seed=3)
+    assert results["perturbation"]["gradcam"][f"{ALPHAS[0]:g}"] == pytest.approx(expected[ALPHAS[0]], nan_ok=True)
+    x_adv = fgsm(model, x, y, 0.05)
+    target = model(x).argmax(1)
+    pearson = pearson_per_image(sens, attribute("ifim_sensitive", model, x_adv))
+    assert results["fgsm"]["pearson"]["ifim_sensitive"]["mean"] == pytest.approx(pearson.mean().item())
+    flips = (model(x_adv).argmax(1) != target).double().mean().item()
+    assert results["fgsm"]["flip_rate"] == pytest.approx(flips)
+    known = torch.tensor([True, False, True, True, False, False])
+    loc = signal_localization(sens[known], centers[known].double(), sigmas[known].double())
+    assert results["localization"]["ifim_sensitive"]["energy_fraction"] == pytest.approx(
+        loc["energy_fraction"].mean().item())
+    assert results["localization"]["ifim_sensitive"]["n"] == 3
+
+
+def test_known_answers_random_map_and_binary_topk(studied):
+    _, results = studied
+    # the random map does not depend on the model: identical for the trained and randomized copies, and for x_adv
+    assert results["randomization"]["random"]["mean"] == pytest.approx(1.0)
+    assert results["fgsm"]["pearson"]["random"]["mean"] == pytest.approx(1.0)
+    # C = 2 in float64: S(x) and the vanilla gradient are multiples of |grad(z_1 - z_0)|, so their top-k agree
+    assert results["topk_overlap_ifim_sensitive_vs_gradient"] == {f"{a:g}": 1.0 for a in ALPHAS}
+    # a map's ranking against itself in a batch where top and bottom sets are the same pixels moves F1 alike
+    assert set(results["perturbation"]) == {"ifim"} | set(STUDY_MAPS[2:])
+
+
+def test_examples_prefer_known_signals_and_max_images_truncates(batch, studied):
+    study, _ = studied
+    assert [e["signal"] is not None for e in study.examples] == [True, True]
+    assert set(study.examples[0]["maps"]) == set(STUDY_MAPS)
+    model, x, y, centers, sigmas = batch
+    small = AttributionStudy(("gradcam", "ifim_sensitive"), alphas=(0.05,), max_images=4)
+    small.update(model, x[:3], y[:3], centers[:3], sigmas[:3])
+    small.update(model, x[3:], y[3:], centers[3:], sigmas[3:])
+    small.update(model, x, y, centers, sigmas)  # full: ignored
+    assert small.n_images == 4 and small.full
+    assert small.maps == ["ifim_sensitive", "ifim_complement", "gradcam"]  # both iFIM parts come together
+    gradcam = small.compute()["fgsm"]["pearson"]["gradcam"]
+    assert gradcam["n"] + gradcam["n_undefined"] == 4
+    with pytest.raises(ValueError, match="unknown"):
+        AttributionStudy(("gradcam", "lime"))
+    with pytest.raises(RuntimeError, match="no images"):
+        AttributionStudy(("gradcam",)).compute()
+
+
+def test_nan_mean_std_counts_undefined_values():
+    expected = {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2, "n_undefined": 1}
+    assert nan_mean_std([1.0, float("nan"), 3.0]) == expected
+    assert math.isnan(nan_mean_std([float("nan")])["mean"])
+
+
+def _hand_study(ifim_ratio, gradcam_ratio, ifim_pearson=0.1, gradcam_pearson=0.5):
+    def scores(ratio, drop_high, drop_random):
+        return {"0.01": {"f1_clean": 0.9, "f1_high": 0.5, "f1_low": 0.5 * ratio, "f1_random": 0.9 - drop_random,
+                         "ratio": ratio, "drop_high": drop_high, "drop_low": 0.0, "drop_random": drop_random}}
+    stat = {"std": 0.0, "n": 4, "n_undefined": 0}
+    return {"n_images": 4, "num_classes": 2, "alphas": [0.01], "noise": {"mean": 0.5, "std": 0.25, "seed": 0},
+            "rho": 0.9,
+            "perturbation": {"ifim": scores(ifim_ratio, 0.4, 0.1), "gradcam": scores(gradcam_ratio, 0.05, 0.1)},
+            "fgsm": {"epsilon": 0.01, "flip_rate": 0.25,
+                     "pearson": {"ifim_sensitive": {"mean": ifim_pearson, **stat},
+                                 "gradcam": {"mean": gradcam_pearson, **stat}}},
+            "localization": {"ifim_sensitive": {"energy_fraction": 0.3, "area_fraction": 0.1, "pointing_hit": 1.0,
+                                                "n": 2},
+                             "gradcam": {"energy_fraction": 0.2, "area_fraction": 0.1, "pointing_hit": 0.5, "n": 2}},
+            "randomization": {"ifim_sensitive": {"mean": 0.2, **stat}, "gradcam": {"mean": 0.9, **stat}},
+            "topk_overlap_ifim_sensitive_vs_gradient": {"0.01": 1.0}}
+
+
+def test_findings_follow_the_numbers():
+    text = "\n".join(findings(_hand_study(1.8, 1.2)))
+    assert "highest F1 ratio holds; iFIM's ratio is 1.800" in text
+    assert "lowest clean/adversarial correlation holds" in text
+    assert "3.0 times a uniform map" in text and "gradcam keep a rank correlation above 0.5" in text
+    text = "\n".join(findings(_hand_study(1.2, math.inf, ifim_pearson=0.7)))
+    assert "does not hold: gradcam is higher (inf)" not in text  # an infinite ratio is not a finite winner
+    text = "\n".join(findings(_hand_study(1.2, 1.5, ifim_pearson=0.7)))
+    assert "highest F1 ratio does not hold: gradcam is higher (1.500)" in text
+    assert "correlation does not hold: gradcam is lower (0.500)" in text
+    study = _hand_study(1.8, 1.2)
+    study["perturbation"]["ifim"]["0.01"]["drop_high"] = 0.05  # below the random control's 0.1
+    assert "no more than replacing random pixels" in "\n".join(findings(study))
+
+
+def _examples(n=2, size=12):
+    rng = np.random.default_rng(0)
+    return [{"image": rng.random((1, size, size)), "label": 1, "predicted": 1,
+             "maps": {"ifim_sensitive": rng.random((size, size)), "gradcam": rng.random((size, size))},
+             "signal": ([5.0, 6.0], 1.5)} for _ in range(n)]
+
+
+def test_report_files_json_and_table(tmp_path):
+    study = _hand_study(float("nan"), 1.2)
+    table = {"seeds": [{"seed": 0, "checkpoint": "a.pt", "precision": 0.9, "recall": 0.8, "f1": 0.85,
+                        "accuracy": 0.86},
+                       {"seed": 1, "checkpoint": "b.pt", "precision": 0.7, "recall": 1.0, "f1": 0.82,
+                        "accuracy": 0.8}],
+             **{k: {"mean": 0.5, "std": 0.1, "n": 2} for k in ("precision", "recall", "f1", "accuracy")}}
+    out = write_report(tmp_path / "report", study, _examples(), {"test_accuracy": 0.875}, table, {"task": "sksbks"})
+    names = {p.name for p in out.iterdir()}
+    assert {"report.md", "results.json", "perturbation.csv", "fgsm.csv", "randomization.csv", "localization.csv",
+            "table2.csv", "fig3_perturbation_ratio.png", "fig3_f1_drops.png", "fig4_fgsm_correlation.png",
+            "fig_randomization.png", "fig_localization.png", "fig1_overlays.png"} <= names
+    results = json.loads((out / "results.json").read_text())  # strict JSON: NaN became null
+    assert results["study"]["perturbation"]["ifim"]["0.01"]["ratio"] is None
+    assert results["test_metrics"] == {"test_accuracy": 0.875}
+    markdown = (out / "report.md").read_text()
+    assert "| 1 | `b.pt` | 0.700 | 1.000 |" in markdown and "| test_accuracy | 0.875 |" in markdown
+    assert "precision 0.500 +- 0.100" in markdown and "n/a" in markdown
+
+
+def test_a_failing_report_leaves_the_previous_one(tmp_path, monkeypatch):
+    out = write_report(tmp_path / "report", _hand_study(1.5, 1.2), _examples())
+    before = (out / "report.md").read_text()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report_module, "_overlay_figure", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(tmp_path / "report", _hand_study(0.5, 1.2), _examples())
+    assert (out / "report.md").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
