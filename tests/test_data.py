@@ -197,8 +197,18 @@ def sksbks(tmp_path_factory):
 def test_sksbks_default_splits_use_disjoint_slice_blocks(sksbks, tmp_path):
     datalist, cache = sksbks
     assert [len(datalist[s]) for s in SPLITS] == [40, 12, 12]
-    blocks = [{e["slice"] // 8 for e in datalist[s]} for s in SPLITS]
+    blocks = [{e["slice"] // 4 for e in datalist[s]} for s in SPLITS]
     assert not (blocks[0] & blocks[1] or blocks[0] & blocks[2] or blocks[1] & blocks[2])
+    # the held-out sets span the brain: one 4-slice block from each run of 10 blocks, not one neighbourhood
+    for held in (datalist["validation"], datalist["test"]):
+        slices = sorted({e["slice"] for e in held})
+        assert len(slices) == 12 and len({z // 4 for z in slices}) == 3
+        assert slices[-1] - slices[0] > 40  # three blocks from three different runs of 10 blocks
+    # and training keeps a guard slice away from every held-out slice
+    full = build_sksbks_datalist(cache, counts=(400, 12, 12), seed=0)
+    train = {e["slice"] for e in full["training"]}
+    held = {e["slice"] for s in ("validation", "test") for e in full[s]}
+    assert min(abs(z - h) for z in train for h in held) == 2
     again = build_sksbks_datalist(cache, counts=(40, 12, 12), seed=0, output_json=tmp_path / "d.json")
     assert again == datalist and json.loads((tmp_path / "d.json").read_text()) == datalist
     with pytest.raises(ValueError, match="counts"):

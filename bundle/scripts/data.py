@@ -344,32 +344,53 @@ def mni152_template_paths() -> Tuple[Path, Path]:
     return paths
 
 
+def _spread_slice_blocks(slices: Sequence[int], block: int, guard: int, seed: int) -> Dict[str, List[int]]:
+    """Assign axial slice indices to splits for a single brain.
+
+    Slices form blocks of ``block`` neighbours. Each run of 10 consecutive blocks gives one (seeded) block to
+    validation and one to test, so both held-out sets sample the whole inferior-superior range instead of one
+    anatomy. Training drops slices within ``guard`` of a held-out slice, since neighbouring slices are near copies.
+    """
+    blocks: Dict[int, List[int]] = defaultdict(list)
+    for z in sorted(slices):
+        blocks[z // block].append(z)
+    keys = sorted(blocks)
+    if len(keys) < 3:
+        raise ValueError(f"{len(keys)} blocks of {block} slices cannot make three disjoint splits; lower block.")
+    rng = np.random.RandomState(seed)
+    held = {"validation": [], "test": []}
+    for r in range(max(1, len(keys) // 10)):  # a short tail run stays in training, keeping the 8 : 1 : 1 ratio
+        val_block, test_block = rng.choice(keys[10 * r:10 * r + 10], size=2, replace=False)
+        held["validation"].extend(blocks[val_block])
+        held["test"].extend(blocks[test_block])
+    held_slices = set(held["validation"]) | set(held["test"])
+    training = [z for z in sorted(slices) if all(abs(z - h) > guard for h in held_slices)]
+    return {"training": training, **held}
+
+
 def build_sksbks_datalist(cache_dir: os.PathLike, counts: Sequence[int] = (8904, 1113, 1113), seed: int = 0,
-                          wm_threshold: float = 0.5, min_wm_voxels: int = 500, block: int = 8,
+                          wm_threshold: float = 0.5, min_wm_voxels: int = 500, block: int = 4, guard: int = 1,
                           output_json: Optional[os.PathLike] = None) -> Dict[str, List[dict]]:
     """The offline default SKS/BKS task on the MNI152 2009 templates that ship inside nilearn's wheel.
 
     Axial slices whose white-matter probability exceeds ``wm_threshold`` in at least ``min_wm_voxels`` voxels are
     cut once into ``cache_dir``. One brain has no subjects to split, so slices are grouped into blocks of ``block``
-    neighbours and whole blocks go to one split (8 : 1 : 1, seeded), keeping near-identical neighbours apart.
-    Background variability then comes from the slice, a flip, a small affine and elastic deformation and intensity
-    jitter, drawn per entry (see :func:`scripts.transforms.mri_transforms`).
+    neighbours; in every run of 10 blocks one goes to validation and one to test (seeded), so the held-out sets span
+    the brain, and training keeps no slice within ``guard`` of a held-out one. Background variability then comes
+    from the slice, a flip, a small affine and elastic deformation and intensity jitter, drawn per entry (see
+    :func:`scripts.transforms.mri_transforms`).
 
     Args:
         cache_dir: where the 2D slice files go (reused on later builds).
         counts: entries for (training, validation, test); paper: 8904, 1113, 1113.
+        block: neighbouring slices per block; guard: slices dropped from training beside each held-out slice.
     """
     counts = _check_counts(counts)
     t1_path, wm_path = mni152_template_paths()
     wm_raw = _load_volume(wm_path).astype(np.float32)
     wm = wm_raw / (255.0 if wm_raw.max() > 1 else 1.0) > wm_threshold  # the template stores probability x 255
-    records = _axial_slices(t1_path, wm, Path(cache_dir), "mni152", min_wm_voxels)
-    blocks = defaultdict(list)
-    for record in records:
-        blocks[record["slice"] // block].append(record)
-    keys = list(np.random.RandomState(seed).permutation(sorted(blocks)))
-    n_held = max(1, len(keys) // 10)
-    groups = {"validation": keys[:n_held], "test": keys[n_held:2 * n_held], "training": keys[2 * n_held:]}
-    datalist = {split: _slice_entries([r for b in sorted(groups[split]) for r in blocks[b]], n, seed + i)
+    records = {r["slice"]: r for r in _axial_slices(t1_path, wm, Path(cache_dir), "mni152", min_wm_voxels)}
+    groups = _spread_slice_blocks(list(records), block, guard, seed)
+    datalist = {split: _slice_entries([records[z] for z in sorted(groups[split])], n, seed + i)
                 for i, (split, n) in enumerate(zip(SPLITS, counts))}
     return _finish(datalist, output_json)
