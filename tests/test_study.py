@@ -129,6 +129,9 @@ def test_findings_follow_the_numbers():
     text = "\n".join(findings(_hand_study(1.2, 1.5, ifim_pearson=0.7)))
     assert "highest F1 ratio does not hold: gradcam is higher (1.500)" in text
     assert "correlation does not hold: gradcam is lower (0.500)" in text
+    text = "\n".join(findings(_hand_study(1.2, 1.2005, ifim_pearson=0.5, gradcam_pearson=0.4999)))
+    assert "highest F1 ratio holds only as a tie with gradcam (1.200)" in text
+    assert "correlation holds only as a tie with gradcam" in text
     study = _hand_study(1.8, 1.2)
     study["perturbation"]["ifim"]["0.01"]["drop_high"] = 0.05  # below the random control's 0.1
     assert "no more than replacing random pixels" in "\n".join(findings(study))

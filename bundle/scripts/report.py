@@ -59,6 +59,18 @@ def _best(scores: Mapping[str, float], highest: bool) -> Optional[str]:
     return (max if highest else min)(finite, key=finite.get)
 
 
+TIE = 1e-3  # results closer than this count as equal (e.g. S and the vanilla gradient, the same ranking for C = 2)
+
+
+def _verdict(scores: Mapping[str, float], ours: str, best: Optional[str], direction: str) -> str:
+    """'holds', 'holds, tied with ...' or 'does not hold: <best> is <direction> (<value>)'."""
+    if best == ours:
+        return "holds"
+    if best is not None and math.isfinite(scores[ours]) and abs(scores[best] - scores[ours]) <= TIE:
+        return f"holds only as a tie with {best} ({_fmt(scores[best])})"
+    return f"does not hold: {best} is {direction} ({_fmt(scores[best]) if best else 'n/a'})"
+
+
 def findings(study: dict, seed_table: Optional[dict] = None) -> List[str]:
     """Plain statements, each derived from the numbers: what holds of the paper's claims and what does not."""
     lines = []
@@ -67,7 +79,7 @@ def findings(study: dict, seed_table: Optional[dict] = None) -> List[str]:
         ratios = {m: v[alpha]["ratio"] for m, v in perturbation.items()}
         best = _best(ratios, highest=True)
         if "ifim" in ratios:
-            verdict = "holds" if best == "ifim" else f"does not hold: {best} is higher ({_fmt(ratios[best])})"
+            verdict = _verdict(ratios, "ifim", best, "higher")
             lines.append(f"alpha = {100 * float(alpha):g} %: the claim that iFIM gets the highest F1 ratio {verdict}; "
                          f"iFIM's ratio is {_fmt(ratios['ifim'])}.")
             ifim = perturbation["ifim"][alpha]
@@ -79,8 +91,7 @@ def findings(study: dict, seed_table: Optional[dict] = None) -> List[str]:
     correlations = {m: v["mean"] for m, v in study["fgsm"]["pearson"].items()}
     lowest = _best(correlations, highest=False)
     if "ifim_sensitive" in correlations:
-        verdict = "holds" if lowest == "ifim_sensitive" else f"does not hold: {lowest} is lower " \
-                                                             f"({_fmt(correlations[lowest])})"
+        verdict = _verdict(correlations, "ifim_sensitive", lowest, "lower")
         lines.append(f"FGSM (epsilon {study['fgsm']['epsilon']:g}, {_fmt(100 * study['fgsm']['flip_rate'], 1)} % of "
                      f"predictions flipped): the claim that the iFIM sensitive map has the lowest clean/adversarial "
                      f"correlation {verdict}; its mean correlation is {_fmt(correlations['ifim_sensitive'])}. Low "
@@ -106,7 +117,8 @@ def findings(study: dict, seed_table: Optional[dict] = None) -> List[str]:
         lines.append("Model randomization: the maps of " + ", ".join(failing) + " keep a rank correlation above 0.5 "
                      "with those of a randomly initialised copy, so they depend little on what the model learned.")
     if seed_table:
-        lines.append(f"Table II over {seed_table['precision']['n']} training seeds: precision "
+        n = seed_table["precision"]["n"]
+        lines.append(f"Table II over {n} training seed{'s' if n != 1 else ''}: precision "
                      f"{_fmt(seed_table['precision']['mean'])} +- {_fmt(seed_table['precision']['std'])}, recall "
                      f"{_fmt(seed_table['recall']['mean'])} +- {_fmt(seed_table['recall']['std'])}.")
     return lines

@@ -89,10 +89,10 @@ def seed_table(train_config: os.PathLike, seeds: Sequence[int], test_dataset: Da
         output_dir: ``seed<k>/model.pt`` per trained seed, with the overrides it was trained with.
         checkpoints: seeds already trained, e.g. ``{0: the shipped model}``.
         train_overrides: train.yaml keys to set (task, counts, image_size, max_epochs, cache_dir, ...): the same
-            data and network as the evaluated checkpoint.
+            data and network as the evaluated checkpoint; a None value keeps train.yaml's.
     """
     device = device or torch.device("cpu")
-    overrides = {k: v for k, v in (train_overrides or {}).items()}
+    overrides = {k: v for k, v in (train_overrides or {}).items() if v is not None}  # None: train.yaml's own
     known = {int(k): Path(v) for k, v in (checkpoints or {}).items()}
     rows: List[Dict[str, Any]] = []
     shared: Dict[str, Any] = {}
