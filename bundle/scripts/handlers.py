@@ -43,6 +43,11 @@ def _batch_items(engine: Engine) -> List[dict]:
     return batch if isinstance(batch, list) else [dict(zip(batch, values)) for values in zip(*batch.values())]
 
 
+def _batch_labels(items: Sequence[dict], label_key: str) -> torch.Tensor:
+    """The ``(B,)`` integer labels of a batch's items."""
+    return torch.as_tensor(np.asarray([np.asarray(item[label_key]) for item in items])).view(-1).long()
+
+
 def batch_images(engine: Engine, image_key: str = "image", name_key: str = "image_path",
                  seed_key: str = "seed") -> Tuple[torch.Tensor, List[str]]:
     """The images ``(B, C_in, *spatial)`` of the engine's current batch and a file-name stem for each.
@@ -187,7 +192,7 @@ class PerturbationMetricsHandler:
 
     def __call__(self, engine: Engine) -> None:
         images, _ = batch_images(engine, image_key=self.image_key)
-        labels = [item[self.label_key] for item in _batch_items(engine)]
+        labels = _batch_labels(_batch_items(engine), self.label_key)
         model = _model_of(engine, self.model)
         images = images.to(_device_of(model))
         result = ifim_decompose(model, images, rho=self.rho, head=self.head)
@@ -198,7 +203,7 @@ class PerturbationMetricsHandler:
                                             seed=self.seed + engine.state.iteration)
         for key, value in predictions.items():
             self.predictions.setdefault(key, []).append(value.cpu())
-        self.labels.append(torch.as_tensor(np.asarray(labels)).view(-1).long())
+        self.labels.append(labels)
 
     def _compute(self, engine: Engine) -> None:
         if not self.labels:
@@ -259,7 +264,7 @@ class AttributionStudyHandler:
         items = _batch_items(engine)
         model = _model_of(engine, self.model)
         device = _device_of(model)
-        labels = torch.as_tensor(np.asarray([np.asarray(item[self.label_key]) for item in items])).view(-1)
+        labels = _batch_labels(items, self.label_key)
         known = all(self.center_key in item and self.sigma_key in item for item in items)
         centers = torch.stack([torch.as_tensor(item[self.center_key]).view(-1) for item in items]) if known else None
         sigmas = torch.stack([torch.as_tensor(item[self.sigma_key]).view(()) for item in items]) if known else None

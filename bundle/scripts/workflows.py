@@ -5,11 +5,12 @@ own ``SupervisedTrainer`` and scores every checkpoint on the test set with a ``S
 
 The training and validation datasets are built once and shared by every seed (``CacheDataset`` costs minutes on
 CPU; the seeds differ only in weights and shuffling, ``data_seed`` stays). A seed's checkpoint is reused when its
-folder holds one trained with the same overrides, so a second report costs no training.
+folder holds one trained with the same train.yaml and overrides, so a second report costs no training.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
+from ignite.metrics import Accuracy
 from monai.bundle import ConfigParser
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
@@ -26,18 +28,16 @@ from .atomic import atomic_write
 from .metrics import classification_metric, mean_std
 from .networks import get_network
 
-__all__ = ["seed_table", "test_scores"]
+__all__ = ["seed_table", "checkpoint_scores"]
 
 logger = logging.getLogger(__name__)
 SCORES = ("precision", "recall", "f1", "accuracy")
 
 
-def test_scores(network: torch.nn.Module, dataset: Dataset, num_classes: int, device: torch.device,
-                batch_size: int = 64) -> Dict[str, float]:
+def checkpoint_scores(network: torch.nn.Module, dataset: Dataset, num_classes: int, device: torch.device,
+                      batch_size: int = 64) -> Dict[str, float]:
     """Precision, recall, F1 (as Table II: class 1 for C = 2, macro otherwise) and accuracy of ``network`` on
     ``dataset``, through a ``SupervisedEvaluator``."""
-    from ignite.metrics import Accuracy
-
     metrics = {name: classification_metric(name, num_classes) for name in SCORES[:3]}
     metrics["accuracy"] = Accuracy(output_transform=lambda output: (output["pred"], output["label"]))
     evaluator = SupervisedEvaluator(device=device, val_data_loader=DataLoader(dataset, batch_size=batch_size),
@@ -101,7 +101,9 @@ def seed_table(train_config: os.PathLike, seeds: Sequence[int], test_dataset: Da
         if checkpoint is None:
             seed_dir = Path(output_dir) / f"seed{seed}"
             stamp = seed_dir / "train_overrides.json"
-            wanted = json.dumps({k: str(v) for k, v in sorted(overrides.items())})
+            # the config's own text counts too: a changed train.yaml (e.g. max_epochs) must not reuse old seeds
+            wanted = json.dumps({"train_config": hashlib.sha256(Path(train_config).read_bytes()).hexdigest(),
+                                 **{k: str(v) for k, v in sorted(overrides.items())}})
             checkpoint = seed_dir / "model.pt"
             if not (checkpoint.is_file() and stamp.is_file() and stamp.read_text() == wanted):
                 logger.info(f"Table II: training seed {seed} into {seed_dir}")
@@ -111,7 +113,7 @@ def seed_table(train_config: os.PathLike, seeds: Sequence[int], test_dataset: Da
                     tmp.write_text(wanted)
         network = _load(network_name, num_classes, checkpoint)
         rows.append({"seed": seed, "checkpoint": str(checkpoint),
-                     **test_scores(network, test_dataset, num_classes, device, batch_size)})
+                     **checkpoint_scores(network, test_dataset, num_classes, device, batch_size)})
     if not rows:
         raise ValueError("seed_table needs at least one seed or checkpoint.")
     return {"seeds": rows, **{name: mean_std([r[name] for r in rows]) for name in SCORES}}
