@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from torch import nn
 
 from .ifim import ifim_decompose
 
-__all__ = ["METHODS", "attribute", "default_cam_layer", "unit_range"]
+__all__ = ["METHODS", "attribute", "ifim_maps", "default_cam_layer", "unit_range"]
 
 METHODS = ("ifim_sensitive", "ifim_complement", "gradcam", "gradcampp", "xgradcam", "eigencam", "scorecam",
            "deepshap", "vanilla_gradient", "random")
@@ -172,6 +172,14 @@ def _vanilla_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -
     return grad.abs().sum(1, keepdim=True)
 
 
+def ifim_maps(model: nn.Module, x: torch.Tensor, rho: float = 0.9, head: str = "softmax"
+              ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """S(x) = |x_sens| and I(x) = |x_comp|, summed over input channels, ``(B, 1, *spatial)`` each, from one
+    decomposition (callers that need both pay for one)."""
+    result = ifim_decompose(model, x, rho=rho, head=head)
+    return result.x_sens.abs().sum(1, keepdim=True), result.x_comp.abs().sum(1, keepdim=True)
+
+
 def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor] = None, *,
               layer: Optional[str] = None, rho: float = 0.9, head: str = "softmax", n_samples: int = 16,
               stdevs: float = 0.1, seed: int = 0) -> torch.Tensor:
@@ -194,9 +202,7 @@ def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[t
         generator = torch.Generator().manual_seed(seed)
         return torch.rand((x.shape[0], 1, *x.shape[2:]), generator=generator).to(x)
     if method.startswith("ifim"):
-        result = ifim_decompose(model, x, rho=rho, head=head)
-        part = result.x_sens if method == "ifim_sensitive" else result.x_comp
-        return part.abs().sum(1, keepdim=True)
+        return ifim_maps(model, x, rho=rho, head=head)[0 if method == "ifim_sensitive" else 1]
     with _borrowed(model) as clone:
         if target is None:
             with torch.no_grad():

@@ -114,19 +114,20 @@ PERTURBED_SETS = ("high", "low", "random")
 
 def perturbed_predictions(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, high_map: torch.Tensor,
                           low_map: Optional[torch.Tensor] = None, alphas: Sequence[float] = (0.01, 0.02, 0.03),
-                          noise_mean: float = 0.0, noise_std: float = 1.0, seed: int = 0
-                          ) -> Dict[str, torch.Tensor]:
+                          noise_mean: float = 0.0, noise_std: float = 1.0, seed: int = 0,
+                          clean: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """One batch of the contrastive pixel-perturbation study (eq. 23-26): predictions on the clean images and on
     each perturbed set, ``{"clean": (B,), (alpha, "high" | "low" | "random"): (B,)}``.
 
     The k highest pixels of ``high_map`` and the k lowest of ``low_map`` (``high_map`` itself when None) are
     replaced by Gaussian noise N(noise_mean, noise_std^2) drawn once from ``seed``, the same value at a given pixel
-    for every set; ``random`` replaces k uniformly drawn pixels (the control).
+    for every set; ``random`` replaces k uniformly drawn pixels (the control). ``clean``: the clean predictions
+    ``(B,)`` when the caller has them already (one forward pass fewer).
     """
     low_map = high_map if low_map is None else low_map
     generator = torch.Generator().manual_seed(seed)
     noise = (noise_mean + noise_std * torch.randn(x.shape, generator=generator, dtype=torch.float64)).to(x)
-    predictions: Dict = {"clean": predict(model, x)}
+    predictions: Dict = {"clean": predict(model, x) if clean is None else clean}
     for i, alpha in enumerate(alphas):
         mask_high, mask_low = perturbation_masks(high_map, low_map, alpha)
         masks = {"high": mask_high, "low": mask_low, "random": random_pixel_mask(high_map, alpha, seed=seed + 1 + i)}

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attribution import attribute
+from .attribution import attribute, ifim_maps
 from .metrics import (
     eval_logits,
     fgsm,
@@ -111,7 +111,13 @@ class AttributionStudy:
         return self.max_images is not None and self.n_images >= self.max_images
 
     def _maps(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, seed: int) -> Dict[str, torch.Tensor]:
-        return {m: attribute(m, model, x, target, rho=self.rho, seed=seed).detach() for m in self.maps}
+        maps = {}
+        if IFIM_MAPS[0] in self.maps:  # both parts from one decomposition
+            maps.update(zip(IFIM_MAPS, (part.detach() for part in ifim_maps(model, x, rho=self.rho))))
+        for m in self.maps:
+            if m not in maps:
+                maps[m] = attribute(m, model, x, target, rho=self.rho, seed=seed).detach()
+        return maps
 
     def update(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, signal_center: Optional[torch.Tensor] = None,
                signal_sigma: Optional[torch.Tensor] = None) -> None:
@@ -133,7 +139,8 @@ class AttributionStudy:
 
         for method in self.perturbation_methods:
             high, low = (maps["ifim_sensitive"], maps["ifim_complement"]) if method == "ifim" else (maps[method],) * 2
-            batch = perturbed_predictions(model, x, high, low, self.alphas, self.noise_mean, self.noise_std, seed)
+            batch = perturbed_predictions(model, x, high, low, self.alphas, self.noise_mean, self.noise_std, seed,
+                                          clean=target)
             for key, value in batch.items():
                 self.predictions[method].setdefault(key, []).append(value.cpu())
         self.labels.append(y.cpu())
