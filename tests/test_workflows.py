@@ -137,3 +137,21 @@ def test_checkpoint_of_another_network_is_named(trained, tmp_path):
                      "--output_dir", tmp_path / "out", "--cache_dir", cache, "--n_images", 2, check=False)
     assert run.returncode != 0 and f"checkpoint {other} does not fit the network (ShallowCNN)" in run.stderr
     assert not (tmp_path / "out" / "ifim.csv").exists()
+
+
+def test_seed_stamp_changes_with_the_recipe_and_the_architecture(tmp_path, monkeypatch):
+    """A seed checkpoint is reused only for the same train.yaml, overrides and network shapes."""
+    import scripts.workflows as workflows
+    from scripts.networks import ShallowCNN
+
+    config = tmp_path / "train.yaml"
+    config.write_text("max_epochs: 40\n")
+    stamp = workflows.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2)
+    assert stamp == workflows.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2)
+    assert stamp != workflows.seed_stamp(config, {"image_size": 96}, "shallow_cnn", 2)
+    config.write_text("max_epochs: 20\n")
+    changed_recipe = workflows.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2)
+    assert changed_recipe != stamp
+    # a new width default in networks.py, with train.yaml and overrides unchanged
+    monkeypatch.setattr(workflows, "get_network", lambda name, **kw: ShallowCNN(channels=(8, 16, 32), **kw))
+    assert workflows.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2) != changed_recipe

@@ -28,7 +28,7 @@ from .atomic import atomic_write
 from .metrics import classification_metric, mean_std
 from .networks import get_network
 
-__all__ = ["seed_table", "checkpoint_scores"]
+__all__ = ["seed_table", "checkpoint_scores", "seed_stamp"]
 
 logger = logging.getLogger(__name__)
 SCORES = ("precision", "recall", "f1", "accuracy")
@@ -56,6 +56,17 @@ def _load(network_name: str, num_classes: int, checkpoint: Path) -> torch.nn.Mod
     except (RuntimeError, KeyError) as err:
         raise RuntimeError(f"checkpoint {checkpoint} does not fit {network_name}: {str(err).splitlines()[0]}") from err
     return network
+
+
+def seed_stamp(train_config: os.PathLike, overrides: Mapping[str, Any], network_name: str, num_classes: int) -> str:
+    """What a seed's checkpoint was trained with: train.yaml's text, the overrides and the network's parameter
+    shapes. The config text catches a changed recipe (e.g. max_epochs), the shapes a changed architecture default in
+    networks.py; either must retrain the seed rather than reuse (or fail to load) its old checkpoint."""
+    network = get_network(network_name, spatial_dims=2, in_channels=1, num_classes=num_classes)
+    shapes = [(name, list(value.shape)) for name, value in network.state_dict().items()]
+    return json.dumps({"train_config": hashlib.sha256(Path(train_config).read_bytes()).hexdigest(),
+                       "network": hashlib.sha256(json.dumps(shapes).encode()).hexdigest(),
+                       **{k: str(v) for k, v in sorted(overrides.items())}})
 
 
 def _train_seed(train_config: os.PathLike, seed: int, seed_dir: Path, overrides: Mapping[str, Any],
@@ -101,9 +112,7 @@ def seed_table(train_config: os.PathLike, seeds: Sequence[int], test_dataset: Da
         if checkpoint is None:
             seed_dir = Path(output_dir) / f"seed{seed}"
             stamp = seed_dir / "train_overrides.json"
-            # the config's own text counts too: a changed train.yaml (e.g. max_epochs) must not reuse old seeds
-            wanted = json.dumps({"train_config": hashlib.sha256(Path(train_config).read_bytes()).hexdigest(),
-                                 **{k: str(v) for k, v in sorted(overrides.items())}})
+            wanted = seed_stamp(train_config, overrides, network_name, num_classes)
             checkpoint = seed_dir / "model.pt"
             if not (checkpoint.is_file() and stamp.is_file() and stamp.read_text() == wanted):
                 logger.info(f"Table II: training seed {seed} into {seed_dir}")
