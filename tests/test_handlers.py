@@ -67,7 +67,8 @@ def test_ifim_handler_without_output_dir_only_computes(tmp_path):
 def test_perturbation_metrics_match_the_plain_function():
     """One batch holding the whole set: the handler's numbers are contrastive_perturbation's on that set."""
     torch.manual_seed(2)
-    model, data = ShallowCNN(2, 1, 2), _data(n=8)
+    # narrow width and this seed give an untrained net whose F1 ratios are defined (not 0/0) on these 8 images
+    model, data = ShallowCNN(2, 1, 2, channels=(16, 32, 64)), _data(n=8)
     handler = PerturbationMetricsHandler(alphas=(0.01, 0.03), seed=5)
     evaluator = _run(model, data, [handler], batch_size=8)
     x = torch.stack([d["image"] for d in data])
@@ -77,6 +78,7 @@ def test_perturbation_metrics_match_the_plain_function():
                                         result.x_comp.abs().sum(1, keepdim=True), alphas=(0.01, 0.03), seed=5 + 1)
     metrics = evaluator.state.metrics
     for alpha, tag in ((0.01, "1"), (0.03, "3")):
+        assert np.isfinite(expected[alpha]["ratio"])  # NaN == NaN would fail for the wrong reason
         assert metrics[f"ifim_perturbation_ratio_{tag}"] == expected[alpha]["ratio"]
         for name in ("high", "low", "random"):
             assert metrics[f"ifim_perturbation_drop_{name}_{tag}"] == expected[alpha][f"drop_{name}"]

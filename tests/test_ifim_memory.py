@@ -17,7 +17,7 @@ from scripts.ifim import ifim_decompose
 from scripts.networks import ShallowCNN
 from scripts.profiling import PeakMemory
 torch.manual_seed(0)
-model = ShallowCNN(2, 1, 2)
+model = ShallowCNN(2, 1, 2, channels=(16, 32, 64))  # the width the bound below counts
 size = int(sys.argv[2])
 x = torch.randn(1, 1, size, size)
 ifim_decompose(model, x[..., :16, :16])  # load kernels and libraries before the measurement
