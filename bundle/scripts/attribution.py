@@ -176,8 +176,7 @@ def ifim_maps(model: nn.Module, x: torch.Tensor, rho: float = 0.9, head: str = "
               ) -> Tuple[torch.Tensor, torch.Tensor]:
     """S(x) = |x_sens| and I(x) = |x_comp|, summed over input channels, ``(B, 1, *spatial)`` each, from one
     decomposition (callers that need both pay for one)."""
-    result = ifim_decompose(model, x, rho=rho, head=head)
-    return result.x_sens.abs().sum(1, keepdim=True), result.x_comp.abs().sum(1, keepdim=True)
+    return ifim_decompose(model, x, rho=rho, head=head).maps()
 
 
 def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor] = None, *,

@@ -197,8 +197,7 @@ class PerturbationMetricsHandler:
         images = images.to(_device_of(model))
         result = ifim_decompose(model, images, rho=self.rho, head=self.head)
         self.num_classes = result.probs.shape[1]
-        high = result.x_sens.abs().sum(1, keepdim=True)
-        low = result.x_comp.abs().sum(1, keepdim=True)
+        high, low = result.maps()
         predictions = perturbed_predictions(model, images, high, low, self.alphas, self.noise_mean, self.noise_std,
                                             seed=self.seed + engine.state.iteration)
         for key, value in predictions.items():

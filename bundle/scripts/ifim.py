@@ -76,6 +76,11 @@ class IFIMResult:
     def to_dict(self) -> Dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def maps(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The task-sensitive and task-insensitive iFIM maps S(x) = |x_sens| and I(x) = |x_comp|, summed over
+        input channels, ``(B, 1, *spatial)`` each."""
+        return self.x_sens.abs().sum(1, keepdim=True), self.x_comp.abs().sum(1, keepdim=True)
+
     def __getitem__(self, index) -> "IFIMResult":
         """Select images of the batch, e.g. ``result[0:1]``; integer indices keep the batch dimension."""
         if isinstance(index, int):
