@@ -1,20 +1,24 @@
 # Copyright (c) the iFIM bundle contributors.
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""Atomic file writes: a failure leaves no half-written output behind."""
+"""Output files: atomic writes (a failure leaves no half-written file behind) and run folders (a run writes only
+into a folder it created)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
+import io
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import nibabel as nib
 import numpy as np
 
-__all__ = ["atomic_write", "write_csv", "save_nifti"]
+__all__ = ["atomic_write", "write_csv", "append_csv_rows", "save_nifti", "new_run_dir"]
 
 
 @contextlib.contextmanager
@@ -41,7 +45,58 @@ def write_csv(path: os.PathLike, header: Sequence[str], rows: Iterable[Sequence]
         writer.writerows(rows)
 
 
-def save_nifti(array: np.ndarray, path: os.PathLike) -> None:
-    """A NIfTI file (identity affine), written atomically; the suffix (``.nii`` / ``.nii.gz``) picks the format."""
+def append_csv_rows(path: os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Append ``rows`` to a CSV file, writing ``header`` first when the file is new. The rows go out in one write,
+    flushed to disk, so a crash afterwards keeps them and a crash during it cuts at most this call's rows."""
+    path = Path(path)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    if not path.exists():
+        writer.writerow(header)
+    writer.writerows(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as f:
+        f.write(buffer.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def new_run_dir(output_dir: os.PathLike, prefix: str = "run") -> Path:
+    """Create and return a new folder ``<output_dir>/<prefix>-YYYYmmdd-HHMMSS`` (``-2``, ``-3``, ... when taken) for
+    one run's files: a run never writes into, deletes from or overwrites files of a folder it did not create, and
+    the files of two runs never mix. Folders this created (the run folder, and ``output_dir`` when it was missing)
+    are removed again at exit if they are still empty, so a run that fails before writing leaves nothing behind."""
+    output_dir = Path(output_dir)
+    created = [p for p in (output_dir, *output_dir.parents) if not p.exists()]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 10000):
+        path = output_dir / (f"{prefix}-{stamp}" if attempt == 1 else f"{prefix}-{stamp}-{attempt}")
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free run folder name under {output_dir}")
+    atexit.register(_remove_empty, [path, *created])
+    return path
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    for folder in folders:  # innermost first
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds when empty
+
+
+def save_nifti(array: np.ndarray, path: os.PathLike, affine: Optional[np.ndarray] = None) -> None:
+    """A NIfTI file of exactly ``array``'s shape, written atomically; the suffix (``.nii`` / ``.nii.gz``) picks the
+    format. ``affine``: voxel to world, 4x4 (a smaller one, e.g. 3x3 for a 2D image, is embedded); default
+    identity."""
+    full = np.eye(4)
+    if affine is not None:
+        affine = np.asarray(affine, dtype=np.float64)
+        n = affine.shape[0] - 1
+        full[:n, :n], full[:n, 3] = affine[:n, :n], affine[:n, n]
     with atomic_write(path) as tmp:
-        nib.save(nib.Nifti1Image(array, np.eye(4)), str(tmp))
+        nib.save(nib.Nifti1Image(array, full), str(tmp))

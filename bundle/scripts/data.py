@@ -10,6 +10,8 @@ Every builder returns a MONAI-style datalist ``{"training": [...], "validation":
 * :func:`build_hcp_datalist`: HCP-style subject folders with a T1w volume and a white-matter source.
 * :func:`build_sksbks_datalist`: the offline default, SKS/BKS on the MNI152 2009 templates inside nilearn's wheel.
 * :func:`phantom_dataset`: an in-memory procedural SKS/BKS phantom for tests and quick demonstrations.
+* :func:`folder_datalist` and :class:`SkippingDataset`: a user's folder of scans for inference, where a file that
+  cannot be read is skipped with a warning instead of ending the run.
 
 Splits never share a patient (OCT, CXR) or subject (HCP); the MNI default has one brain, so its splits use
 disjoint blocks of axial slices instead. The MRI builders cut axial slices once into small 2D NIfTI files under a
@@ -31,13 +33,18 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import nibabel as nib
 import numpy as np
 import torch
+from monai.data import IterableDataset
+from monai.transforms import apply_transform
+from torch.utils.data import get_worker_info
 
 from .atomic import atomic_write, save_nifti
+from .sources import IMAGE_SUFFIXES as READABLE_SUFFIXES
+from .sources import find_image_files
 from .transforms import InsertGaussianSignald
 
 __all__ = ["phantom_slice", "phantom_dataset", "split_by_group", "write_datalist", "build_oct_datalist",
            "build_cxr_datalist", "build_hcp_datalist", "build_sksbks_datalist", "mni152_template_paths",
-           "SPLITS", "OCT_CLASSES"]
+           "folder_datalist", "SkippingDataset", "SPLITS", "OCT_CLASSES"]
 
 logger = logging.getLogger(__name__)
 
@@ -394,3 +401,70 @@ def build_sksbks_datalist(cache_dir: os.PathLike, counts: Sequence[int] = (8904,
     datalist = {split: _slice_entries([records[z] for z in sorted(groups[split])], n, seed + i)
                 for i, (split, n) in enumerate(zip(SPLITS, counts))}
     return _finish(datalist, output_json)
+
+
+# ---- A user's folder of scans ----------------------------------------------------------------------------------
+
+
+def folder_datalist(root: os.PathLike, exclude: Sequence[os.PathLike] = ()) -> List[dict]:
+    """One entry per image file under ``root``, recursively (NIfTI, PNG, JPEG, BMP, DICOM with or without a
+    suffix; see :func:`scripts.sources.find_image_files`), sorted by path: ``{"image": path, "name": path relative
+    to root}``. The relative path, extension included, names the input's output files, so no two inputs share one
+    (``a.png`` / ``a.jpg``, ``test/NORMAL/1.jpeg`` / ``test/CNV/1.jpeg``). ``exclude``: folders to leave out, e.g.
+    an output folder inside ``root``.
+
+    Raises ``FileNotFoundError`` when ``root`` is not a folder and ``ValueError`` when it holds no image file.
+    """
+    root = _require_dir(root, "image")
+    files, ignored = find_image_files(root, exclude=exclude)
+    if not files:
+        raise ValueError(f"no image file under {root} ({ignored} other files): expected "
+                         f"{', '.join(READABLE_SUFFIXES)} or DICOM files.")
+    if ignored:
+        logger.info("%d files under %s are not images and were left out.", ignored, root)
+    return [{"image": str(path), "name": path.relative_to(root).as_posix()} for path in files]
+
+
+class SkippingDataset(IterableDataset):
+    """Entries of ``data`` through ``transform``, in order (shared out between loader workers); an entry whose
+    transform fails (unreadable file, a volume for a 2D model, NaN pixels) is skipped with a warning that names it,
+    instead of ending the run. :meth:`failure` tells why an entry fails, so a caller can list the skipped ones.
+
+    It has no length (skips are found on the way): an ignite engine learns the epoch's length at its end.
+    """
+
+    def __init__(self, data: Sequence[dict], transform=None, name_key: str = "name"):
+        super().__init__(data=list(data), transform=transform)
+        self.name_key = name_key
+
+    def failure(self, entry: dict) -> Optional[str]:
+        """Why ``entry`` cannot be transformed, or None when it can."""
+        try:
+            apply_transform(self.transform, entry) if self.transform is not None else entry
+        except Exception as err:
+            return _reason(err)
+        return None
+
+    def __iter__(self):
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        for i, entry in enumerate(self.data):
+            if i % workers != worker:
+                continue
+            if self.transform is None:
+                yield entry
+                continue
+            try:
+                item = apply_transform(self.transform, entry)
+            except Exception as err:
+                logger.warning("skipped %s: %s", entry.get(self.name_key, entry.get("image")), _reason(err))
+                continue
+            yield item
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of the error a transform raised, under MONAI's "applying transform ..." wrappers."""
+    while err.__cause__ is not None and str(err).startswith("applying transform"):
+        err = err.__cause__
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

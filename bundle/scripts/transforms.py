@@ -9,25 +9,23 @@
 * Small pieces MONAI lacks: RGB-to-grayscale, MONOCHROME1 inversion for DICOM (MONAI's ``PydicomReader`` applies
   RescaleSlope/Intercept but not the photometric interpretation), and per-sample seeding so that every datalist
   entry is one fixed image.
-* Chains (``Compose`` factories): :func:`oct_transforms`, :func:`cxr_transforms`, :func:`mri_transforms`.
+* Chains (``Compose`` factories): :func:`image_transforms` (OCT and CXR: :func:`oct_transforms`,
+  :func:`cxr_transforms`) and :func:`mri_transforms`. Every chain reads files through the same steps
+  (:mod:`scripts.sources`), so a format reads the same way in training and on a user's scans.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pydicom
 import torch
 from monai.config import KeysCollection
-from monai.data import PILReader, PydicomReader
 from monai.transforms import (
     Compose,
     CopyItemsd,
     EnsureTyped,
-    LoadImaged,
     MapTransform,
     Rand2DElasticd,
     RandAffined,
@@ -45,9 +43,11 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor
 
+from .sources import EnsureSpatialDimsd, LoadImageCheckedd, RowsColumnsd, is_dicom_file
+
 __all__ = ["gaussian_blob", "InsertGaussianSignal", "InsertGaussianSignald", "SIGNAL_KEYS", "EnsureGrayscale",
-           "EnsureGrayscaled", "InvertMonochrome1", "InvertMonochrome1d", "PerSampleSeedd", "oct_transforms",
-           "cxr_transforms", "mri_transforms", "LoadImageCheckedd"]
+           "EnsureGrayscaled", "InvertMonochrome1", "InvertMonochrome1d", "PerSampleSeedd", "image_transforms",
+           "oct_transforms", "cxr_transforms", "mri_transforms", "LoadImageCheckedd"]
 
 # Keys InsertGaussianSignald writes (after the ``meta_prefix``); absent signals get centre -1, sigma 0, amplitude 0.
 SIGNAL_KEYS = ("signal_center", "signal_sigma", "signal_amplitude")
@@ -222,13 +222,14 @@ class InvertMonochrome1(Transform):
     """Invert a DICOM image whose PhotometricInterpretation is MONOCHROME1 (low values white), within its range.
 
     The tag is read from the header of the file named in the image's ``filename_or_obj`` meta (pixels not read
-    again); non-DICOM inputs pass unchanged. Apply after loading (rescale slope/intercept already applied by MONAI's
-    ``PydicomReader``) and before intensity scaling.
+    again); a file is DICOM by its ``.dcm`` suffix or by the ``DICM`` marker of its preamble, so exports without a
+    suffix are inverted too. Other inputs pass unchanged. Apply after loading (rescale slope/intercept already
+    applied by MONAI's ``PydicomReader``) and before intensity scaling.
     """
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         path = getattr(img, "meta", {}).get("filename_or_obj")
-        if not path or not str(path).lower().endswith((".dcm", ".dicom")):
+        if not path or not is_dicom_file(path):
             return img
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PhotometricInterpretation"])
@@ -271,58 +272,46 @@ class PerSampleSeedd(Transform, ThreadUnsafe):
         return self.compose(dict(data))
 
 
-class LoadImageCheckedd(LoadImaged):
-    """``LoadImaged`` whose errors name the file: a missing path raises ``FileNotFoundError`` and an unreadable
-    one ``ValueError`` (MONAI alone reports both as "cannot find a suitable reader")."""
-
-    def __call__(self, data, reader=None):
-        d = dict(data)
-        files = {key: d[key] for key in self.key_iterator(d) if isinstance(d[key], (str, os.PathLike))}
-        for key, path in files.items():
-            if not Path(path).expanduser().is_file():
-                raise FileNotFoundError(f"{key!r}: image file not found: {path}")
-        try:
-            return super().__call__(d, reader)
-        except Exception as err:
-            cause = err.__cause__ or err
-            raise ValueError(f"cannot read {', '.join(f'{k!r} file {p}' for k, p in files.items())}: "
-                             f"{str(cause).splitlines()[0]}") from err
+def _source_steps(keys: Sequence[str], spatial_dims: int = 2) -> List[Transform]:
+    """Read any image file the way the models were trained to see it: keep the first key's source path under
+    ``<key>_path`` (output names), load (NIfTI, PNG / JPEG, DICOM; errors name the file), drop singleton axes and
+    refuse volumes or NaN (:class:`~scripts.sources.EnsureSpatialDimsd`), rows x columns for 2D PNG / JPEG / DICOM,
+    MONOCHROME1 inverted, one gray channel. A list, not a nested ``Compose``: ``CacheDataset`` stops caching at a
+    ``Compose`` (it counts as random)."""
+    steps = [CopyItemsd(keys=keys[0], names=f"{keys[0]}_path"), LoadImageCheckedd(keys=list(keys)),
+             EnsureSpatialDimsd(keys, spatial_dims=spatial_dims)]
+    if spatial_dims == 2:
+        steps.append(RowsColumnsd(keys))
+    return steps + [InvertMonochrome1d(keys[:1]), EnsureGrayscaled(keys[:1])]
 
 
-def _load(keys: Sequence[str], **kwargs) -> List[Transform]:
-    """Keep the first key's source path under ``<key>_path`` (output file names), then load every key. A list, not
-    a nested ``Compose``: ``CacheDataset`` stops caching at a ``Compose`` (it counts as random)."""
-    return [CopyItemsd(keys=keys[0], names=f"{keys[0]}_path"),
-            LoadImageCheckedd(keys=list(keys), image_only=True, ensure_channel_first=True, **kwargs)]
-
-
-def oct_transforms(size: int = 256, keys: Sequence[str] = ("image",)) -> Compose:
-    """Retinal OCT (Kermany JPEG/PNG): load, to one gray channel, resize to ``size^2``, scale to [0, 1]."""
+def image_transforms(size: int = 256, keys: Sequence[str] = ("image",), track_meta: bool = False) -> Compose:
+    """2D images of the OCT and CXR tasks (PNG / JPEG, DICOM, NIfTI): read as shown (DICOM rescale slope /
+    intercept applied, MONOCHROME1 inverted, colour to BT.601 luma), resize to ``size^2`` (area), scale to [0, 1].
+    Deterministic; with ``track_meta`` the output keeps its MetaTensor record, so ``Invertd`` can put maps back on
+    the source's grid."""
     return Compose([
-        *_load(keys, reader=PILReader(reverse_indexing=False)),  # rows x cols, as numpy and PIL show images
-        EnsureGrayscaled(keys),
+        *_source_steps(keys),
         Resized(keys, spatial_size=(size, size), mode="area"),
         ScaleIntensityd(keys, minv=0.0, maxv=1.0),
-        EnsureTyped(keys, track_meta=False),
+        EnsureTyped(keys, track_meta=track_meta),
     ])
 
 
-def cxr_transforms(size: int = 256, keys: Sequence[str] = ("image",)) -> Compose:
-    """Chest X-ray (NIH PNG, or DICOM): load (DICOM rescale slope/intercept applied by the reader), invert
-    MONOCHROME1, to one gray channel, resize to ``size^2`` (NIH images are 1024^2), scale to [0, 1]."""
-    return Compose([
-        *_load(keys, reader=[PILReader(reverse_indexing=False), PydicomReader(swap_ij=False)]),
-        InvertMonochrome1d(keys),
-        EnsureGrayscaled(keys),
-        Resized(keys, spatial_size=(size, size), mode="area"),
-        ScaleIntensityd(keys, minv=0.0, maxv=1.0),
-        EnsureTyped(keys, track_meta=False),
-    ])
+def oct_transforms(size: int = 256, keys: Sequence[str] = ("image",), track_meta: bool = False) -> Compose:
+    """Retinal OCT (Kermany JPEG): :func:`image_transforms`."""
+    return image_transforms(size, keys, track_meta)
+
+
+def cxr_transforms(size: int = 256, keys: Sequence[str] = ("image",), track_meta: bool = False) -> Compose:
+    """Chest X-ray (NIH PNG 1024^2, or DICOM): :func:`image_transforms`."""
+    return image_transforms(size, keys, track_meta)
 
 
 def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True, signal: bool = True,
                    prob: float = 0.5, amplitude_range: Tuple[float, float] = (0.1, 0.35),
-                   sigma: Optional[Range] = None, seed_key: Optional[str] = "seed") -> Compose:
+                   sigma: Optional[Range] = None, seed_key: Optional[str] = "seed", track_meta: bool = False
+                   ) -> Compose:
     """SKS/BKS MRI: a NIfTI slice (2D) or volume (3D) and its binary white-matter mask -> normalized image with, in
     about ``prob`` of the samples, one Gaussian signal inside the (augmented) white matter.
 
@@ -334,32 +323,38 @@ def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True,
     chain is deterministic per entry and ``CacheDataset`` can hold its outputs; ``seed_key=None`` draws afresh on
     every call instead (on-the-fly augmentation, not cacheable).
 
-    Output keys: ``image`` ``(1, *spatial)`` float32, ``mask``, ``label`` and the signal keys.
+    With ``augment=False, signal=False`` it is the deterministic chain for one ``image`` (no mask) of any format,
+    the model's view of a user's scan; ``track_meta`` then keeps the record ``Invertd`` needs.
+
+    Output keys: ``image`` ``(1, *spatial)`` float32 and, with ``signal``, ``mask``, ``label`` and the signal keys.
     """
-    keys = ("image", "mask")
+    keys = ("image", "mask") if signal else ("image",)
     spatial = (size,) * spatial_dims
     random_steps = []
     if augment:
         shift = 0.04 * size
+        modes = ("bilinear", "nearest")[:len(keys)]
         random_steps += [
             RandFlipd(keys, prob=0.5, spatial_axis=spatial_dims - 2 if spatial_dims == 2 else 0),
             RandAffined(keys, prob=1.0, rotate_range=0.1 if spatial_dims == 2 else (0.1, 0.1, 0.1),
-                        scale_range=0.05, translate_range=shift, mode=("bilinear", "nearest"), padding_mode="zeros"),
+                        scale_range=0.05, translate_range=shift, mode=modes, padding_mode="zeros"),
         ]
         if spatial_dims == 2:
             random_steps.append(Rand2DElasticd(keys, spacing=size // 8, magnitude_range=(0.5, 1.5), prob=0.5,
-                                               mode=("bilinear", "nearest"), padding_mode="zeros"))
+                                               mode=modes, padding_mode="zeros"))
         random_steps += [RandScaleIntensityd("image", factors=0.05, prob=1.0),
                          RandShiftIntensityd("image", offsets=0.05, prob=1.0)]
     if signal:
         random_steps.append(InsertGaussianSignald(keys="image", mask_key="mask", label_key="label", prob=prob,
                                                   amplitude_range=amplitude_range, sigma=sigma or size / 24))
-    return Compose([
-        *_load(keys),
-        Resized(keys, spatial_size=size, size_mode="longest", mode=("area", "nearest")),
+    steps = [
+        *_source_steps(keys, spatial_dims),
+        Resized(keys, spatial_size=size, size_mode="longest", mode=("area", "nearest")[:len(keys)]),
         ResizeWithPadOrCropd(keys, spatial_size=spatial),
         ScaleIntensityRangePercentilesd("image", lower=0.0, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
-        ThresholdIntensityd("mask", threshold=0.5, above=True, cval=0.0),
-        PerSampleSeedd(random_steps, seed_key=seed_key) if seed_key else Compose(random_steps),
-        EnsureTyped(keys, track_meta=False),
-    ])
+    ]
+    if signal:
+        steps.append(ThresholdIntensityd("mask", threshold=0.5, above=True, cval=0.0))
+    if random_steps:
+        steps.append(PerSampleSeedd(random_steps, seed_key=seed_key) if seed_key else Compose(random_steps))
+    return Compose([*steps, EnsureTyped(keys, track_meta=track_meta)])

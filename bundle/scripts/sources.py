@@ -1,0 +1,365 @@
+# Copyright (c) the iFIM bundle contributors.
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""A user's image files in, maps back onto each file's own grid out.
+
+Reading (MONAI's readers, set up for the formats a folder of scans holds):
+
+* :func:`image_readers`: NIfTI (nibabel), PNG / JPEG / BMP (PIL, with palette, CMYK, gray+alpha and bilevel images
+  converted to what they show), DICOM with or without a ``.dcm`` suffix (pydicom; rescale slope / intercept applied
+  by MONAI's reader).
+* :class:`LoadImageCheckedd`: ``LoadImaged`` with the reader of each file's format, whose errors name the file.
+* :class:`EnsureSpatialDimsd`: drops singleton axes (a slice stored as (H, W, 1), a one-frame DICOM) and refuses
+  volumes, wrong ranks and non-finite pixels, naming the file.
+* :class:`RowsColumnsd`: MONAI reads PNG, JPEG and DICOM as (columns, rows), the order ITK and the viewers use;
+  the models see rows x columns, as the images are displayed. Invertible, so maps go back to the reader's order.
+* :func:`find_image_files`: every image file under a folder, by suffix or DICOM marker.
+
+Writing:
+
+* :class:`InvertToSourced`: MONAI's ``Invertd`` (undo resizing, padding, transposition) that passes an image made in
+  memory (no recorded operations) through unchanged.
+* :class:`SaveOnSourceGridd`: a map as NIfTI with the shape and affine the reader gave its source, written atomically
+  under a name the caller chooses.
+* :class:`AsOwnGridd`: present a synthetic image (no source file) as a source in its own right.
+
+Nothing here imports MONAI engines.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Hashable, Iterable, List, Mapping, Sequence, Tuple
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor, NibabelReader, PILReader, PydicomReader
+from monai.transforms import Invertd, InvertibleTransform, LoadImaged, MapTransform
+from monai.utils import TraceKeys
+from PIL import Image
+
+from .atomic import save_nifti
+
+__all__ = ["IMAGE_SUFFIXES", "is_dicom_file", "is_nifti_file", "find_image_files", "image_readers", "image_format",
+           "LoadImageCheckedd", "EnsureSpatialDimsd", "RowsColumnsd", "AsOwnGridd", "InvertToSourced",
+           "SaveOnSourceGridd"]
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + RASTER_SUFFIXES + DICOM_SUFFIXES
+
+
+def _has_suffix(path: os.PathLike, suffixes: Sequence[str]) -> bool:
+    return str(path).lower().endswith(tuple(suffixes))
+
+
+def is_nifti_file(path: os.PathLike) -> bool:
+    return _has_suffix(path, NIFTI_SUFFIXES)
+
+
+def is_dicom_file(path: os.PathLike) -> bool:
+    """A ``.dcm`` / ``.dicom`` suffix, or a DICOM Part 10 file whatever its name (``DICM`` after the preamble)."""
+    if _has_suffix(path, DICOM_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def find_image_files(root: os.PathLike, exclude: Iterable[os.PathLike] = ()) -> Tuple[List[Path], int]:
+    """Every image file under ``root``, recursively, sorted: NIfTI, PNG, JPEG, BMP and DICOM (by suffix, or any
+    other file carrying the DICOM marker). Hidden files and folders and the ``exclude`` folders (e.g. an output
+    folder inside ``root``) are left out.
+
+    Returns:
+        the image files and the number of other files ignored.
+    """
+    root = Path(root)
+    excluded = {Path(p).resolve() for p in exclude}
+    images, ignored = [], 0
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(folder) / d).resolve() not in excluded)
+        for name in sorted(files):
+            path = Path(folder) / name
+            if name.startswith(".") or not path.is_file():
+                continue
+            if _has_suffix(name, IMAGE_SUFFIXES) or is_dicom_file(path):
+                images.append(path)
+            else:
+                ignored += 1
+    return images, ignored
+
+
+def _pil_as_shown(image: Image.Image) -> Image.Image:
+    """A PIL image in a mode whose pixel values are what it shows: palette indices become their colours, CMYK
+    becomes RGB, gray+alpha drops its alpha, bilevel becomes 8-bit gray. Gray (8/16/32-bit), RGB and RGBA pass."""
+    if image.mode == "P":
+        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("LA", "La", "1"):
+        return image.convert("L")
+    if image.mode == "PA":
+        return image.convert("RGBA")
+    if image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return image.convert("RGB")
+    return image
+
+
+class _DicomReader(PydicomReader):
+    """MONAI's ``PydicomReader`` (which claims every file) restricted to DICOM files, by suffix or marker, so it
+    can sit beside the other readers."""
+
+    def verify_suffix(self, filename) -> bool:
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
+        return all(is_dicom_file(name) for name in names)
+
+
+def image_readers() -> Dict[str, object]:
+    """The reader of each format :class:`LoadImageCheckedd` reads, in MONAI's default orientation conventions (the
+    ones ITK and the viewers use): NIfTI as stored, PNG / JPEG / BMP and DICOM as (columns, rows)."""
+    return {"nifti": NibabelReader(), "raster": PILReader(converter=_pil_as_shown), "dicom": _DicomReader()}
+
+
+def image_format(path: os.PathLike) -> str:
+    """``"nifti"``, ``"raster"`` (PNG, JPEG, BMP) or ``"dicom"`` (by suffix or marker); ``ValueError`` otherwise."""
+    if is_nifti_file(path):
+        return "nifti"
+    if _has_suffix(path, RASTER_SUFFIXES):
+        return "raster"
+    if is_dicom_file(path):
+        return "dicom"
+    raise ValueError(f"{path} is not a NIfTI, PNG, JPEG, BMP or DICOM file.")
+
+
+class LoadImageCheckedd(LoadImaged):
+    """``LoadImaged`` (channel first, MetaTensor) that reads each file with the one reader of its format
+    (:func:`image_readers`, chosen by suffix or DICOM marker), so a corrupt file fails with its reader's own
+    message, and whose errors name the file: a missing path raises ``FileNotFoundError``, an unreadable one
+    ``ValueError``. (MONAI alone tries every reader in turn and reports any failure as "cannot find a suitable
+    reader".) The meta is reduced to what every format has (:func:`_source_meta`), so mixed batches collate, and
+    keeps the reader's shape and affine, so maps can be written back on the source's grid."""
+
+    def __init__(self, keys: KeysCollection, **kwargs):
+        kwargs.setdefault("image_only", True)
+        kwargs.setdefault("ensure_channel_first", True)
+        super().__init__(keys, **kwargs)
+        self.readers = image_readers()
+
+    def __call__(self, data, reader=None):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key]
+            if not isinstance(path, (str, os.PathLike)):
+                continue
+            if not Path(path).expanduser().is_file():
+                raise FileNotFoundError(f"{key!r}: image file not found: {path}")
+            try:
+                img = self._loader(path, reader or self.readers[image_format(path)])
+            except Exception as err:
+                raise ValueError(f"cannot read {key!r} file {path}: {str(err).strip().splitlines()[0]}") from err
+            if isinstance(img, MetaTensor):
+                img.meta = _source_meta(img.meta)
+            d[key] = img
+        return d
+
+
+MAX_DIMS = 8  # NIfTI holds at most 7 dimensions
+
+
+def _source_meta(meta: Mapping) -> dict:
+    """The meta every loaded image carries, the same keys and shapes whatever its format, so a batch of PNG, DICOM
+    and NIfTI inputs collates: ``filename_or_obj``, ``affine``, ``original_affine`` (the reader's, 4x4; PIL gives
+    none, so its affine) and ``source_shape`` (the reader's spatial shape, zero-padded to :data:`MAX_DIMS` since
+    ranks differ: (H, W) and a (H, W, 1) slice)."""
+    affine = torch.as_tensor(np.asarray(meta["affine"], dtype=np.float64))
+    original = np.asarray(meta.get("original_affine", affine), dtype=np.float64)
+    return {"filename_or_obj": str(meta.get("filename_or_obj", "")), "affine": affine,
+            "original_affine": torch.as_tensor(original), "source_shape": encode_shape(meta["spatial_shape"])}
+
+
+def encode_shape(shape: Sequence[int]) -> torch.Tensor:
+    """A spatial shape as :data:`MAX_DIMS` integers, zero-padded (no image axis has length 0)."""
+    shape = [int(s) for s in shape]
+    return torch.tensor(shape + [0] * (MAX_DIMS - len(shape)), dtype=torch.long)
+
+
+def decode_shape(encoded: torch.Tensor) -> Tuple[int, ...]:
+    return tuple(int(s) for s in torch.as_tensor(encoded).reshape(-1) if s > 0)
+
+
+def _source_of(img) -> str:
+    return str(getattr(img, "meta", {}).get("filename_or_obj", "the image"))
+
+
+class EnsureSpatialDimsd(MapTransform):
+    """Bring each loaded image to ``spatial_dims`` spatial axes by dropping trailing singleton axes (a 2D slice
+    stored as (H, W, 1), a one-frame DICOM), and refuse what a ``spatial_dims``-D model cannot take: a volume or
+    multi-frame series, or NaN / Inf pixels. Errors name the file. The reader's shape stays in the
+    ``source_shape`` meta, so :class:`SaveOnSourceGridd` writes maps back in it.
+
+    Shapes: ``(C, *spatial) -> (C, *spatial[:spatial_dims])``.
+    """
+
+    def __init__(self, keys: KeysCollection, spatial_dims: int = 2, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        self.spatial_dims = spatial_dims
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            spatial = tuple(img.shape[1:])
+            while len(spatial) > self.spatial_dims and spatial[-1] == 1:
+                img, spatial = img[..., 0], spatial[:-1]
+            if len(spatial) != self.spatial_dims:
+                what = "a volume or multi-frame series" if len(spatial) > self.spatial_dims else "an image"
+                raise ValueError(f"{_source_of(d[key])} is {what} of shape {tuple(d[key].shape[1:])}; the model "
+                                 f"takes {self.spatial_dims}D images.")
+            if not torch.isfinite(torch.as_tensor(img)).all():
+                raise ValueError(f"{_source_of(d[key])} holds NaN or Inf pixels.")
+            if isinstance(img, MetaTensor):
+                img.affine = _drop_axes(img.affine, self.spatial_dims)
+            d[key] = img
+        return d
+
+
+def _drop_axes(affine: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """The affine of the first ``spatial_dims`` axes (the dropped singleton axes carry no extent)."""
+    affine = torch.as_tensor(affine)
+    keep = list(range(spatial_dims)) + [affine.shape[0] - 1]
+    return affine[keep][:, keep]
+
+
+class RowsColumnsd(MapTransform, InvertibleTransform):
+    """2D images read by PIL or pydicom, which MONAI returns as (columns, rows), transposed to rows x columns, the
+    order the images are displayed in and the models were trained on; NIfTI arrays pass as stored. Invertible:
+    ``Invertd`` puts maps back in the reader's order.
+
+    Shapes: ``(C, W, H) -> (C, H, W)`` for PNG / JPEG / BMP / DICOM, unchanged for NIfTI.
+    """
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            swap = img.ndim == 3 and not is_nifti_file(_source_of(img))
+            d[key] = self._swap(img) if swap else img
+            if isinstance(d[key], MetaTensor):
+                self.push_transform(d[key], extra_info={"swapped": swap})
+        return d
+
+    @staticmethod
+    def _swap(img: torch.Tensor) -> torch.Tensor:
+        out = img.transpose(1, 2).contiguous()
+        if isinstance(out, MetaTensor):
+            affine = torch.as_tensor(out.affine).clone()
+            affine[:, [0, 1]] = affine[:, [1, 0]]  # world position of (row, col) is that of (col, row) before
+            out.affine = affine
+        return out
+
+    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            op = self.pop_transform(d[key])
+            if op[TraceKeys.EXTRA_INFO]["swapped"]:
+                d[key] = self._swap(d[key])
+        return d
+
+
+class AsOwnGridd(MapTransform):
+    """Present an image made in memory (a synthetic SKS/BKS test image) as a source in its own right: a MetaTensor
+    on an identity grid with no record of the steps that made it, so :class:`InvertToSourced` leaves its maps on
+    this grid and :class:`SaveOnSourceGridd` writes them with an identity affine. ``filename_or_obj`` names the
+    file it was made from (``path_key``)."""
+
+    def __init__(self, keys: KeysCollection = "image", path_key: str = "image_path", allow_missing_keys=False):
+        super().__init__(keys, allow_missing_keys)
+        self.path_key = path_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            array = torch.as_tensor(d[key]).clone()
+            affine = torch.eye(len(array.shape[1:]) + 1, dtype=torch.float64)
+            d[key] = MetaTensor(array, meta=_source_meta({
+                "filename_or_obj": str(d.get(self.path_key, "")), "affine": affine,
+                "spatial_shape": array.shape[1:]}))
+        return d
+
+
+class InvertToSourced(Invertd):
+    """MONAI's ``Invertd`` for maps: each key gets the source image's (``orig_keys``) meta and recorded operations,
+    and the invertible steps of ``transform`` are undone, so a ``(C, *model grid)`` map lands on the grid the
+    reader gave the source. An image with no recorded operations (made in memory, :class:`AsOwnGridd`) is its own
+    grid: its maps only take its meta. ``nearest_interp`` defaults to False: maps are resampled with the mode the
+    preprocessing used."""
+
+    def __init__(self, keys: KeysCollection, transform, orig_keys: KeysCollection = "image",
+                 nearest_interp: bool = False, **kwargs):
+        super().__init__(keys, transform, orig_keys=orig_keys, nearest_interp=nearest_interp, **kwargs)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key, orig_key in self.key_iterator(d, self.orig_keys):
+            source = d.get(orig_key)
+            if not isinstance(source, MetaTensor):
+                raise ValueError(f"InvertToSourced: {orig_key!r} is not a MetaTensor; preprocessing must keep its "
+                                 "meta (EnsureTyped(track_meta=True)) so maps can be put back on its grid.")
+            if not isinstance(d[key], MetaTensor):
+                d[key] = MetaTensor(torch.as_tensor(d[key]))
+            if not source.applied_operations:
+                d[key] = MetaTensor(d[key].as_tensor(), meta=dict(source.meta))
+        if any(isinstance(d.get(o), MetaTensor) and d[o].applied_operations for o in self.orig_keys):
+            d = super().__call__(d)
+        return d
+
+
+class SaveOnSourceGridd(MapTransform):
+    """Write each key as NIfTI ``<output_dir>/<name>_<key>.nii.gz`` on its source's grid: the array in the shape
+    the reader gave the source (its ``source_shape`` meta; only singleton axes may differ, e.g. a (H, W, 1) slice)
+    and with the reader's affine (``original_affine``), so the map overlays the scan in 3D Slicer, ITK-SNAP or OHIF.
+    Run after :class:`InvertToSourced`.
+
+    MONAI's ``SaveImaged`` does not fit: its names drop the extension (``a.png`` and ``a.jpg`` would write the same
+    file), its writers squeeze or pad axes (a (H, W, 1) slice cannot be written as such) and it writes in place.
+    This writes the exact shape through :func:`scripts.atomic.save_nifti`, whole or not at all.
+
+    Args:
+        keys: maps ``(C, *spatial)``; one channel is written in the source's spatial shape, several channels last.
+        output_dir: root of the written files; ``name`` may hold sub-folders.
+        name_key: key of each input's name (unique per input, e.g. its path relative to the input folder).
+        dtype: data type written.
+    """
+
+    def __init__(self, keys: KeysCollection, output_dir: os.PathLike, name_key: str = "name",
+                 dtype=np.float32, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir, self.name_key, self.dtype = Path(output_dir), name_key, dtype
+
+    def path(self, name: str, key: str) -> Path:
+        return self.output_dir / f"{name}_{key}.nii.gz"
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            meta = getattr(d[key], "meta", {})
+            array = torch.as_tensor(d[key]).detach().cpu().numpy().astype(self.dtype)
+            shape = decode_shape(meta["source_shape"]) if "source_shape" in meta else array.shape[1:]
+            if array.shape[0] == 1 and array[0].size == int(np.prod(shape)):
+                array = array.reshape(shape)
+            elif tuple(array.shape[1:]) == shape:
+                array = np.moveaxis(array, 0, -1)
+            else:
+                raise ValueError(f"{key!r} of {d[self.name_key]} has shape {tuple(array.shape)}, not on its source's "
+                                 f"grid {shape}: run InvertToSourced first.")
+            affine = np.asarray(meta.get("original_affine", meta.get("affine", np.eye(4))), dtype=np.float64)
+            save_nifti(array, self.path(d[self.name_key], str(key)), affine=affine)
+        return d

@@ -1,0 +1,177 @@
+"""Reading a user's image files as the models see them, and writing maps back on each file's own grid."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose, LoadImage, Resized
+from PIL import Image
+
+from fake_datasets import write_dicom, write_gray, write_nifti
+from scripts.data import SkippingDataset, folder_datalist
+from scripts.sources import (
+    AsOwnGridd,
+    InvertToSourced,
+    LoadImageCheckedd,
+    RowsColumnsd,
+    SaveOnSourceGridd,
+    decode_shape,
+    find_image_files,
+    image_format,
+    image_readers,
+)
+from scripts.transforms import image_transforms, mri_transforms
+
+
+def _picture(rows=30, cols=44, seed=0):
+    """A smooth asymmetric picture (a bright blob upper left, a ramp to the right): flips and transposes show."""
+    yy, xx = np.mgrid[:rows, :cols]
+    blob = np.exp(-((yy - rows / 4) ** 2 + (xx - cols / 4) ** 2) / 30.0)
+    return 40 + 150 * blob + 60 * xx / cols + np.random.RandomState(seed).rand(rows, cols)
+
+
+def _corr(a, b):
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def test_find_image_files_by_suffix_and_dicom_marker(tmp_path):
+    write_gray(tmp_path / "a.png", _picture())
+    write_gray(tmp_path / "a.jpg", _picture())  # same stem, another format: its own entry and name
+    write_dicom(tmp_path / "series" / "IM0001", _picture().astype(np.uint16))  # DICOM without a suffix
+    write_nifti(tmp_path / "series" / "b.nii.gz", _picture().astype(np.float32))
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    write_gray(tmp_path / "out" / "old_x_sens.png", _picture())  # an output folder inside the input folder
+    files, ignored = find_image_files(tmp_path, exclude=[tmp_path / "out"])
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a.jpg", "a.png", "series/IM0001",
+                                                                   "series/b.nii.gz"]
+    assert ignored == 1
+    entries = folder_datalist(tmp_path, exclude=[tmp_path / "out"])
+    assert [e["name"] for e in entries] == ["a.jpg", "a.png", "series/IM0001", "series/b.nii.gz"]
+    assert [image_format(e["image"]) for e in entries] == ["raster", "raster", "dicom", "nifti"]
+
+
+def test_folder_datalist_errors_name_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        folder_datalist(tmp_path / "nowhere")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match=f"no image file under {tmp_path / 'docs'}"):
+        folder_datalist(tmp_path / "docs")
+
+
+def test_pil_modes_read_as_the_picture_they_show(tmp_path):
+    """Palette indices, CMYK, 16-bit and alpha are read as what the file shows: each matches the RGB original."""
+    rgb = np.stack([_picture(), _picture()[:, ::-1], _picture()[::-1]], axis=-1).astype(np.uint8)
+    luma = rgb @ np.array([0.299, 0.587, 0.114])
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")  # adaptive palette: indices are not gray levels
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    Image.fromarray(np.dstack([rgb, np.full(luma.shape, 255, np.uint8)])).save(tmp_path / "rgba.png")
+    Image.fromarray((luma * 200).astype(np.uint16)).save(tmp_path / "gray16.png")
+    Image.fromarray(luma.astype(np.uint8)).convert("LA").save(tmp_path / "gray_alpha.png")
+    chain = image_transforms(size=16)
+    reference = chain({"image": str(tmp_path / "rgb.png")})["image"][0].numpy()
+    for name in ("palette.png", "cmyk.jpg", "rgba.png", "gray16.png", "gray_alpha.png"):
+        out = chain({"image": str(tmp_path / name)})["image"][0].numpy()
+        assert out.shape == (16, 16) and _corr(out, reference) > 0.97, name
+    # what the model sees is the picture as displayed: rows x columns
+    loaded = LoadImageCheckedd("image")({"image": str(tmp_path / "rgb.png")})["image"]
+    assert tuple(loaded.shape) == (3, 44, 30)  # MONAI's (columns, rows) order, as ITK and the viewers
+    shown = RowsColumnsd("image")({"image": loaded})["image"]
+    np.testing.assert_array_equal(shown[0].numpy(), rgb[..., 0])
+
+
+def test_monochrome1_dicom_is_inverted_with_or_without_suffix(tmp_path):
+    pixels = (_picture() * 10).astype(np.uint16)
+    chain = image_transforms(size=16)
+    plain = chain({"image": str(write_dicom(tmp_path / "m2.dcm", pixels))})["image"]
+    with_suffix = chain({"image": str(write_dicom(tmp_path / "m1.dcm", pixels, monochrome1=True))})["image"]
+    without = chain({"image": str(write_dicom(tmp_path / "IM0002", pixels, monochrome1=True))})["image"]
+    torch.testing.assert_close(without, with_suffix)
+    torch.testing.assert_close(with_suffix, 1 - plain, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["volume", "nan", "corrupt", "unknown"])
+def test_what_a_2d_model_cannot_take_is_refused_naming_the_file(tmp_path, case):
+    if case == "volume":
+        path = write_nifti(tmp_path / "vol.nii.gz", np.random.rand(8, 9, 10).astype(np.float32))
+        message = "is a volume or multi-frame series of shape (8, 9, 10)"
+    elif case == "nan":
+        picture = _picture().astype(np.float32)
+        picture[2, 3] = np.nan
+        path, message = write_nifti(tmp_path / "nan.nii.gz", picture), "holds NaN or Inf pixels"
+    elif case == "corrupt":
+        path = tmp_path / "broken.png"
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 8)
+        message = "cannot read 'image' file"
+    else:
+        path = tmp_path / "scan.xyz"
+        path.write_bytes(b"whatever")
+        message = "is not a NIfTI, PNG, JPEG, BMP or DICOM file"
+    dataset = SkippingDataset([{"image": str(path), "name": path.name}], image_transforms(size=16))
+    assert list(dataset) == []  # skipped, not fatal
+    reason = dataset.failure({"image": str(path), "name": path.name})
+    assert str(path) in reason and message in reason
+
+
+def test_slices_stored_with_a_singleton_axis_are_2d(tmp_path):
+    picture = _picture().astype(np.float32)
+    flat = write_nifti(tmp_path / "flat.nii.gz", picture)
+    slab = write_nifti(tmp_path / "slab.nii.gz", picture[..., None])
+    dicom = write_dicom(tmp_path / "one_frame.dcm", picture.astype(np.uint16))
+    chain = mri_transforms(size=32, augment=False, signal=False, track_meta=True)
+    outputs = [chain({"image": str(p)})["image"] for p in (flat, slab)]
+    torch.testing.assert_close(outputs[0].as_tensor(), outputs[1].as_tensor())
+    assert decode_shape(outputs[1].meta["source_shape"]) == (30, 44, 1)
+    assert chain({"image": str(dicom)})["image"].shape == (1, 32, 32)
+
+
+def _round_trip(path, chain, tmp_path, name):
+    """The preprocessed image as a 'map', put back on the source's grid and written, as inference does."""
+    item = chain({"image": str(path), "name": name})
+    item["x_comp"] = item["image"].as_tensor().clone()
+    item = InvertToSourced("x_comp", transform=chain)(item)
+    SaveOnSourceGridd("x_comp", output_dir=tmp_path / "maps")(item)
+    return nib.load(str(tmp_path / "maps" / f"{name}_x_comp.nii.gz"))
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "dcm", "nii", "nii_slab"])
+@pytest.mark.parametrize("task_chain", ["image", "mri"])
+def test_maps_land_on_the_source_grid(tmp_path, fmt, task_chain):
+    """Written maps have the shape and affine MONAI's loader gives the source and overlay it: the inverted model
+    input correlates with the source's own pixels (a transposed or flipped map would not)."""
+    picture = _picture()
+    affine = np.array([[0, -0.8, 0, 10], [0.7, 0, 0, -5], [0, 0, 2.5, 30], [0, 0, 0, 1.0]])
+    if fmt in ("png", "jpg"):
+        path = write_gray(tmp_path / f"scan.{fmt}", picture)
+    elif fmt == "dcm":
+        path = write_dicom(tmp_path / "scan.dcm", picture.astype(np.uint16))
+    else:
+        path = write_nifti(tmp_path / "scan.nii.gz", (picture[..., None] if fmt == "nii_slab" else picture)
+                           .astype(np.float32), affine=affine)
+    chain = (image_transforms(size=24, track_meta=True) if task_chain == "image"
+             else mri_transforms(size=24, augment=False, signal=False, track_meta=True))
+    written = _round_trip(path, chain, tmp_path, path.name)
+    source = LoadImage(image_only=True, reader=image_readers()[image_format(path)])(str(path))
+    assert written.shape == tuple(source.shape)
+    np.testing.assert_allclose(written.affine, np.asarray(source.meta["affine"]), atol=1e-6)
+    assert _corr(written.get_fdata(), source.numpy()) > 0.9
+    if fmt != "dcm":  # MONAI's default loader agrees (for DICOM it picks ITK, which adds a slice axis)
+        default = LoadImage(image_only=True)(str(path))
+        assert written.shape == tuple(default.shape)
+        np.testing.assert_allclose(written.affine, np.asarray(default.meta["affine"]), atol=1e-6)
+
+
+def test_an_image_made_in_memory_is_its_own_grid(tmp_path):
+    image = torch.rand(1, 12, 10)
+    chain = Compose([Resized("image", spatial_size=(12, 10)), AsOwnGridd("image")])
+    item = chain({"image": image, "image_path": "phantom", "name": "p0"})
+    item["x_sens"] = image * 0.5
+    item = InvertToSourced("x_sens", transform=chain)(item)
+    SaveOnSourceGridd("x_sens", output_dir=tmp_path)(item)
+    written = nib.load(str(tmp_path / "p0_x_sens.nii.gz"))
+    assert written.shape == (12, 10) and np.allclose(written.affine, np.eye(4))
+    np.testing.assert_allclose(written.get_fdata(), image[0].numpy() * 0.5, rtol=1e-6)
