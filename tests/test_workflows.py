@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
+EVALUATE = "['bundle/configs/train.yaml','bundle/configs/evaluate.yaml']"  # evaluate is an overlay on train
 
 
 def bundle_cmd(*args, cwd=ROOT, check=True):
@@ -45,7 +47,7 @@ def test_train_writes_the_best_checkpoint_and_tensorboard_logs(trained):
 
 def test_evaluate_writes_the_report_with_table_ii_over_seeds(trained):
     work, cache, ckpt = trained
-    args = ["run", "--config_file", "bundle/configs/evaluate.yaml", "--counts", "[64, 16, 16]", "--ckpt_path", ckpt,
+    args = ["run", "--config_file", EVALUATE, "--counts", "[64, 16, 16]", "--ckpt_path", ckpt,
             "--output_dir", work / "eval", "--cache_dir", cache, "--table2_seeds", "[1]", "--table2_max_epochs", 1]
     bundle_cmd(*args)
     metrics = dict(row for row in csv.reader((work / "eval" / "metrics.csv").open()))
@@ -73,8 +75,15 @@ def test_evaluate_writes_the_report_with_table_ii_over_seeds(trained):
     assert set(json.loads((report / "results.json").read_text())["study"]["perturbation"]) == {"gradcam"}
 
 
+def run_folder(stdout: str) -> Path:
+    """The run folder an inference run printed."""
+    line = [line for line in stdout.splitlines() if line.startswith("iFIM maps and ifim.csv go to ")][-1]
+    return Path(line.rsplit(" ", 1)[-1])
+
+
 @pytest.mark.parametrize("form", ["run inference", "run", "bundle_root", "meta_file", "inside bundle"])
 def test_inference_forms_users_type(trained, tmp_path, form):
+    """Without --dataset_dir: the offline default's synthetic test images, each written beside its maps."""
     _, cache, ckpt = trained
     out = tmp_path / "inference"
     common = ["--ckpt_path", ckpt, "--output_dir", out, "--cache_dir", cache, "--n_images", 3]
@@ -90,12 +99,16 @@ def test_inference_forms_users_type(trained, tmp_path, form):
                          "bundle/configs/metadata.json", *common)
     else:
         run = bundle_cmd("run", "inference", "--config_file", "configs/inference.yaml", *common, cwd=BUNDLE)
-    assert str(out.resolve()) in run.stdout
-    rows = list(csv.DictReader((out / "ifim.csv").open()))
-    assert len(rows) == 3 and all(r["file"].startswith("mni152_z") for r in rows)
-    name = rows[0]["file"]
-    sens, comp = np.load(out / f"{name}_x_sens.npy"), np.load(out / f"{name}_x_comp.npy")
-    assert sens.shape == comp.shape == (1, 64, 64) and (out / f"{name}_ifim.png").is_file()
+    folder = run_folder(run.stdout)
+    assert folder.parent == out.resolve() and [p.name for p in out.iterdir()] == [folder.name]
+    rows = list(csv.DictReader((folder / "ifim.csv").open()))
+    assert len(rows) == 3 and all(r["name"].startswith("mni152_z") and "_seed" in r["name"] for r in rows)
+    assert all(r["label"] in ("0", "1") for r in rows)  # the synthetic images' truth, beside the prediction
+    name = rows[0]["name"]
+    image, sens, comp = (nib.load(str(folder / f"{name}_{key}.nii.gz")).get_fdata()
+                         for key in ("image", "x_sens", "x_comp"))
+    assert image.shape == sens.shape == (64, 64) and (folder / f"{name}_ifim.png").is_file()
+    np.testing.assert_allclose(sens + comp, image, rtol=0, atol=1e-5)
 
 
 def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
@@ -136,7 +149,7 @@ def test_checkpoint_of_another_network_is_named(trained, tmp_path):
     run = bundle_cmd("run", "inference", "--config_file", "bundle/configs/inference.yaml", "--ckpt_path", other,
                      "--output_dir", tmp_path / "out", "--cache_dir", cache, "--n_images", 2, check=False)
     assert run.returncode != 0 and f"checkpoint {other} does not fit the network (ShallowCNN)" in run.stderr
-    assert not (tmp_path / "out" / "ifim.csv").exists()
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*"))
 
 
 def test_seed_stamp_changes_with_the_recipe_and_the_architecture(tmp_path, monkeypatch):
@@ -155,3 +168,103 @@ def test_seed_stamp_changes_with_the_recipe_and_the_architecture(tmp_path, monke
     # a new width default in networks.py, with train.yaml and overrides unchanged
     monkeypatch.setattr(workflows, "get_network", lambda name, **kw: ShallowCNN(channels=(8, 16, 32), **kw))
     assert workflows.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2) != changed_recipe
+
+
+def _scan_folder(root: Path) -> dict:
+    """A user's folder: the acceptance set of the 'your own images' issue, a slice stored as (H, W, 1), a DICOM
+    without suffix, and files the model cannot take. Returns {name: expected reason or None}."""
+    import shutil
+
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    from fake_datasets import write_dicom, write_gray, write_nifti
+
+    rng = np.random.RandomState(0)
+    yy, xx = np.mgrid[:48, :40]
+    picture = 60 + 120 * np.exp(-((yy - 14) ** 2 + (xx - 12) ** 2) / 40.0) + 50 * xx / 40 + rng.rand(48, 40)
+    affine = np.array([[0, -0.8, 0, 10], [0.7, 0, 0, -5], [0, 0, 2.5, 30], [0, 0, 0, 1.0]])
+    write_gray(root / "gray.png", picture)
+    (root / "color").mkdir(parents=True)
+    Image.fromarray(np.stack([picture, picture[::-1], picture], -1).astype(np.uint8)).save(root / "color" / "rgb.jpg")
+    write_nifti(root / "mri" / "axial.nii.gz", picture.astype(np.float32), affine=affine)
+    write_nifti(root / "mri" / "slab.nii.gz", picture.T[..., None].astype(np.float32), affine=affine)
+    shutil.copy(get_testdata_file("MR_small.dcm"), root / "MR_small.dcm")
+    write_dicom(root / "dicom" / "IM0001", (picture * 10).astype(np.uint16), monochrome1=True)
+    write_gray(root / "case.a.png", picture)
+    write_gray(root / "case.b.png", picture[::-1])
+    write_nifti(root / "mri" / "volume.nii.gz", rng.rand(10, 12, 14).astype(np.float32))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "README.txt").write_text("not an image")
+    good = ["MR_small.dcm", "case.a.png", "case.b.png", "color/rgb.jpg", "dicom/IM0001", "gray.png",
+            "mri/axial.nii.gz", "mri/slab.nii.gz"]
+    return {**{name: None for name in good}, "broken.jpg": "cannot read 'image' file",
+            "mri/volume.nii.gz": "is a volume or multi-frame series"}
+
+
+def test_inference_on_a_folder_of_a_users_scans(trained, tmp_path):
+    """--dataset_dir: one row and one map set per readable file, each map on its file's own grid; unreadable files
+    skipped with their reason; nothing already in OUT touched; a rerun writes a new run folder."""
+    from monai.transforms import LoadImage
+
+    sys.path.insert(0, str(BUNDLE))
+    from scripts.sources import image_format, image_readers
+
+    _, _, ckpt = trained
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    expected = _scan_folder(scans)
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    args = ["run", "inference", "--config_file", "bundle/configs/inference.yaml", "--ckpt_path", ckpt,
+            "--dataset_dir", scans, "--output_dir", out, "--batch_size", 3]
+    first = run_folder(bundle_cmd(*args).stdout)
+    rows = list(csv.DictReader((first / "ifim.csv").open()))
+    good = sorted(name for name, reason in expected.items() if reason is None)
+    assert sorted(r["name"] for r in rows) == good
+    skipped = {r["name"]: r["reason"] for r in csv.DictReader((first / "skipped.csv").open())}
+    assert set(skipped) == set(expected) - set(good)
+    for name, reason in skipped.items():
+        assert str(scans / name) in reason and expected[name] in reason
+    for row in rows:
+        source = scans / row["name"]
+        assert row["source"] == str(source)
+        assert float(row["p_0"]) + float(row["p_1"]) == pytest.approx(1, abs=1e-5)
+        loaded = LoadImage(image_only=True, ensure_channel_first=True,
+                           reader=image_readers()[image_format(source)])(str(source))  # (channels, *spatial)
+        for key in ("x_sens", "x_comp"):
+            written = nib.load(str(first / f"{row['name']}_{key}.nii.gz"))
+            assert written.shape == tuple(loaded.shape[1:]), row["name"]
+            np.testing.assert_allclose(written.affine, np.asarray(loaded.meta["affine"]), atol=1e-6)
+        comp = nib.load(str(first / f"{row['name']}_x_comp.nii.gz")).get_fdata()
+        pixels = loaded.numpy()
+        gray = pixels[0] if len(pixels) == 1 else np.tensordot([0.299, 0.587, 0.114], pixels[:3], axes=1)  # luma
+        sign = -1 if row["name"] == "dicom/IM0001" else 1  # MONOCHROME1: the model sees it inverted
+        assert np.corrcoef(comp.ravel(), sign * gray.ravel())[0, 1] > 0.9, row["name"]  # overlays its scan
+        assert (first / f"{row['name']}_ifim.png").is_file()
+    summary = json.loads((first / "run.json").read_text())
+    assert summary["analysed"] == len(good) and summary["skipped"] == 2
+    assert summary["dataset_dir"] == str(scans.resolve()) and summary["checkpoint"] == str(Path(ckpt).resolve())
+    before = {p: p.stat().st_mtime_ns for p in first.rglob("*")}
+    second = run_folder(bundle_cmd(*args).stdout)  # a rerun into the same OUT
+    assert second != first and second.parent == first.parent
+    assert {p: p.stat().st_mtime_ns for p in first.rglob("*")} == before
+    assert (out / "thesis.tex").read_text() == "mine"
+    inside = run_folder(bundle_cmd(*args[:-4], "--output_dir", scans / "results").stdout)  # OUT inside DIR
+    assert sorted(r["name"] for r in csv.DictReader((inside / "ifim.csv").open())) == good
+
+
+def test_a_folder_without_readable_images_fails_naming_it(trained, tmp_path):
+    _, _, ckpt = trained
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    run = bundle_cmd("run", "inference", "--config_file", "bundle/configs/inference.yaml", "--ckpt_path", ckpt,
+                     "--dataset_dir", empty, "--output_dir", tmp_path / "out", check=False)
+    assert run.returncode != 0 and f"no image file under {empty}" in run.stderr
+    assert not (tmp_path / "out").exists()
+    (empty / "bad.png").write_bytes(b"not a png")
+    run = bundle_cmd("run", "inference", "--config_file", "bundle/configs/inference.yaml", "--ckpt_path", ckpt,
+                     "--dataset_dir", empty, "--output_dir", tmp_path / "out", check=False)
+    assert run.returncode != 0 and "none of the 1 inputs could be analysed" in run.stderr
+    skipped = list(csv.DictReader(next((tmp_path / "out").glob("run-*/skipped.csv")).open()))
+    assert [r["name"] for r in skipped] == ["bad.png"] and str(empty / "bad.png") in skipped[0]["reason"]

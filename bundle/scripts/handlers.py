@@ -2,8 +2,11 @@
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
 """Ignite handlers that run the iFIM analysis inside any MONAI / ignite evaluator (floor 3 of DESIGN.md).
 
-* :class:`IFIMHandler`: each batch's decomposition on ``engine.state.ifim``; optionally, per input, x_sens and
-  x_comp files (NIfTI for 3D; ``.npy`` plus a PNG overlay in contrast-adjusted jet for 2D) and one CSV row.
+* :class:`IFIMCSVSaver`: the table of an iFIM inference run (``scripts.inferers.IFIMInferer``): one ``ifim.csv`` row
+  per input, appended as each batch finishes; at the end ``skipped.csv`` (inputs that could not be read, and why)
+  and ``run.json`` (what ran, counts, time).
+* :class:`IFIMHandler`: each batch's decomposition on ``engine.state.ifim``, for evaluators whose inferer must
+  return plain logits (validation with metrics).
 * :class:`PerturbationMetricsHandler`: the contrastive pixel-perturbation study (eq. 23-26) over each epoch,
   reported in ``engine.state.metrics`` so ``StatsHandler`` and ``TensorBoardStatsHandler`` log it.
 * :class:`AttributionStudyHandler`: the paper's comparison of iFIM with every baseline map and the controls
@@ -16,9 +19,12 @@ these handlers before ``StatsHandler`` so their metrics exist when it logs.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,15 +32,16 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
-from .atomic import atomic_write, save_nifti, write_csv
-from .ifim import IFIMResult, ifim_decompose
+from .atomic import append_csv_rows, atomic_write, write_csv
+from .ifim import ifim_decompose
 from .metrics import perturbation_scores, perturbed_predictions
 from .report import write_report
 from .study import STUDY_MAPS, AttributionStudy
-from .visualize import decomposition_figure, save_figure_atomic
 
-__all__ = ["IFIMHandler", "PerturbationMetricsHandler", "AttributionStudyHandler", "CheckedCheckpointLoader",
-           "batch_images"]
+__all__ = ["IFIMCSVSaver", "IFIMHandler", "PerturbationMetricsHandler", "AttributionStudyHandler",
+           "CheckedCheckpointLoader", "batch_images"]
+
+logger = logging.getLogger(__name__)
 
 
 def _batch_items(engine: Engine) -> List[dict]:
@@ -48,25 +55,12 @@ def _batch_labels(items: Sequence[dict], label_key: str) -> torch.Tensor:
     return torch.as_tensor(np.asarray([np.asarray(item[label_key]) for item in items])).view(-1).long()
 
 
-def batch_images(engine: Engine, image_key: str = "image", name_key: str = "image_path",
-                 seed_key: str = "seed") -> Tuple[torch.Tensor, List[str]]:
-    """The images ``(B, C_in, *spatial)`` of the engine's current batch and a file-name stem for each.
-
-    Names come from ``name_key`` (a source path), else the image's ``filename_or_obj`` meta, else the iteration
-    and position; entries that carry a ``seed`` (several images cut from one slice) get it appended.
-    """
+def batch_images(engine: Engine, image_key: str = "image") -> torch.Tensor:
+    """The images ``(B, C_in, *spatial)`` of the engine's current batch."""
     items = _batch_items(engine)
     if not items or image_key not in items[0]:
         raise KeyError(f"the engine's batch has no {image_key!r} key.")
-    images = torch.stack([torch.as_tensor(item[image_key]) for item in items])
-    names = []
-    for i, item in enumerate(items):
-        source = item.get(name_key) or getattr(item[image_key], "meta", {}).get("filename_or_obj")
-        stem = Path(str(source)).name.split(".")[0] if source else f"iter{engine.state.iteration:05d}_{i:03d}"
-        if seed_key in item:
-            stem += f"_seed{int(item[seed_key])}"
-        names.append(stem)
-    return images, names
+    return torch.stack([torch.as_tensor(item[image_key]) for item in items])
 
 
 def _model_of(engine: Engine, model: Optional[nn.Module]) -> nn.Module:
@@ -80,78 +74,125 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(iter(model.parameters()), torch.zeros(0)).device
 
 
-class IFIMHandler:
-    """Decompose every batch an engine runs; optionally write each input's maps and a CSV.
+def _values(value: Any) -> List[float]:
+    return torch.as_tensor(value).detach().cpu().reshape(-1).tolist()
+
+
+class IFIMCSVSaver:
+    """The table of an iFIM inference run, for an evaluator whose inferer is ``IFIMInferer`` and whose
+    postprocessing flattened its output (``FlattenSubKeysd(keys="pred")``).
+
+    * ``ifim.csv``: one row per input, appended when its batch finishes (a crash keeps the rows done): ``name``,
+      ``source`` (the file read), ``label`` when the data carry one, ``predicted`` (index) and ``predicted_class``,
+      ``p_<c>`` per output, ``lambda_<i>`` (descending iFIM eigenvalues), ``rank`` and ``k``.
+    * ``skipped.csv`` at the end, when some input was not analysed (the engine's ``SkippingDataset`` left it out):
+      ``name``, ``source``, ``reason``.
+    * ``run.json`` at the end: ``context`` (what ran), counts and seconds. Its presence marks a finished run.
+
+    The run fails at its end, naming the reasons' file, when no input could be analysed.
 
     Args:
-        output_dir: where files go; None computes only (``engine.state.<state_key>``).
-        rho, head: as in :func:`scripts.ifim.ifim_decompose`.
-        model: the classifier; default ``engine.network``.
-        image_key, name_key, seed_key: batch keys (see :func:`batch_images`).
-        state_key: attribute of ``engine.state`` that receives the batch's :class:`IFIMResult`.
-        csv_name: the CSV (one row per input: file, predicted class, probabilities, eigenvalues, rank, k), written
-            atomically at the end of each epoch.
-        save_png: for 2D inputs, also write ``<name>_ifim.png`` (image, |x_sens|, |x_comp| in jet).
-
-    Files per input ``<name>``: 2D ``<name>_x_sens.npy`` and ``<name>_x_comp.npy`` (``(C_in, H, W)``); 3D
-    ``<name>_x_sens.nii.gz`` and ``<name>_x_comp.nii.gz`` (channels last when more than one). Each is written
-    atomically.
+        output_dir: the run's folder.
+        class_names: output names for ``predicted_class``; default the indices.
+        context: settings recorded in ``run.json``.
+        name_key, source_key, label_key: keys of each input's name, source path and (optional) label.
     """
 
-    def __init__(self, output_dir: Optional[os.PathLike] = None, rho: float = 0.9, head: str = "softmax",
-                 model: Optional[nn.Module] = None, image_key: str = "image", name_key: str = "image_path",
-                 seed_key: str = "seed", state_key: str = "ifim", csv_name: str = "ifim.csv", save_png: bool = True):
-        self.output_dir = None if output_dir is None else Path(output_dir)
-        self.rho, self.head, self.model = rho, head, model
-        self.keys = dict(image_key=image_key, name_key=name_key, seed_key=seed_key)
-        self.state_key, self.csv_name, self.save_png = state_key, csv_name, save_png
-        self.rows: List[list] = []
+    def __init__(self, output_dir: os.PathLike, class_names: Optional[Sequence[str]] = None,
+                 context: Optional[Mapping[str, Any]] = None, name_key: str = "name", source_key: str = "image_path",
+                 label_key: str = "label", csv_name: str = "ifim.csv"):
+        self.output_dir = Path(output_dir)
+        self.class_names = None if class_names is None else list(class_names)
+        self.context = dict(context or {})
+        self.name_key, self.source_key, self.label_key, self.csv_name = name_key, source_key, label_key, csv_name
         self.header: Optional[List[str]] = None
+        self.names: List[str] = []
+        self.has_label = False
+        self.done: List[str] = []
+        self.started = 0.0
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-        if self.output_dir is not None:
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self._write_csv)
+        engine.add_event_handler(Events.COMPLETED, self._finish)
 
-    def _reset(self, engine: Engine) -> None:
-        self.rows = []
+    def _start(self, engine: Engine) -> None:
+        self.header, self.done, self.started = None, [], time.time()
+
+    def _items(self, engine: Engine) -> List[dict]:
+        outputs = engine.state.output
+        if not isinstance(outputs, list):
+            raise TypeError("IFIMCSVSaver reads decollated outputs: run the evaluator with decollate=True.")
+        return [{**batch, **output} for batch, output in zip(_batch_items(engine), outputs)]
 
     def __call__(self, engine: Engine) -> None:
-        images, names = batch_images(engine, **self.keys)
+        items = self._items(engine)
+        if not items:
+            return
+        if self.header is None:
+            n_out = len(_values(items[0]["probs"]))
+            self.names = self.class_names or [str(c) for c in range(n_out)]
+            self.has_label = items[0].get(self.label_key) is not None
+            self.header = (["name", "source"] + (["label"] if self.has_label else []) + ["predicted", "predicted_class"]
+                           + [f"p_{c}" for c in range(n_out)] + [f"lambda_{i + 1}" for i in range(n_out)]
+                           + ["rank", "k"])
+        rows = []
+        for item in items:
+            probs = _values(item["probs"])
+            predicted = int(np.argmax(probs))
+            rows.append([item[self.name_key], item.get(self.source_key, "")]
+                        + ([int(_values(item[self.label_key])[0])] if self.has_label else [])
+                        + [predicted, self.names[predicted]] + [f"{p:.6g}" for p in probs]
+                        + [f"{v:.6g}" for v in _values(item["eigenvalues"])]
+                        + [int(_values(item["rank"])[0]), int(_values(item["k"])[0])])
+            self.done.append(str(item[self.name_key]))
+        append_csv_rows(self.output_dir / self.csv_name, self.header, rows)
+
+    def _finish(self, engine: Engine) -> None:
+        dataset = getattr(getattr(engine, "data_loader", None), "dataset", None)
+        done = set(self.done)
+        skipped = [entry for entry in getattr(dataset, "data", []) if str(entry.get(self.name_key)) not in done]
+        if skipped:
+            failure = getattr(dataset, "failure", lambda entry: None)
+            rows = [[e.get(self.name_key), e.get("image", ""), failure(e) or "not analysed"] for e in skipped]
+            write_csv(self.output_dir / "skipped.csv", ["name", "source", "reason"], rows)
+            logger.warning("%d of %d inputs were skipped; reasons in %s", len(rows), len(rows) + len(done),
+                           self.output_dir / "skipped.csv")
+        summary = {**self.context, "analysed": len(done), "skipped": len(skipped),
+                   "seconds": round(time.time() - self.started, 3)}
+        with atomic_write(self.output_dir / "run.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2, default=str))
+        if not done:
+            raise RuntimeError(f"none of the {len(skipped)} inputs could be analysed; reasons in "
+                               f"{self.output_dir / 'skipped.csv'}")
+
+
+class IFIMHandler:
+    """Decompose every batch an engine runs into ``engine.state.<state_key>`` (an
+    :class:`~scripts.ifim.IFIMResult`), for evaluators whose inferer returns plain logits (validation with
+    metrics) and handlers that read the decomposition. For maps and tables per input, run inference with
+    ``scripts.inferers.IFIMInferer`` and :class:`IFIMCSVSaver` instead (``configs/inference.yaml``).
+
+    Args:
+        rho, head: as in :func:`scripts.ifim.ifim_decompose`.
+        model: the classifier; default ``engine.network``.
+        image_key: batch key of the images.
+        state_key: attribute of ``engine.state`` that receives the batch's result.
+    """
+
+    def __init__(self, rho: float = 0.9, head: str = "softmax", model: Optional[nn.Module] = None,
+                 image_key: str = "image", state_key: str = "ifim"):
+        self.rho, self.head, self.model = rho, head, model
+        self.image_key, self.state_key = image_key, state_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        images = batch_images(engine, self.image_key)
         model = _model_of(engine, self.model)
         result = ifim_decompose(model, images.to(_device_of(model)), rho=self.rho, head=self.head)
         setattr(engine.state, self.state_key, result)
-        if self.output_dir is not None:
-            self._write_maps(images.cpu(), names, result)
-
-    def _write_maps(self, images: torch.Tensor, names: Sequence[str], result: IFIMResult) -> None:
-        n_out = result.probs.shape[1]
-        self.header = (["file", "predicted"] + [f"p_{c}" for c in range(n_out)]
-                       + [f"lambda_{i + 1}" for i in range(n_out)] + ["rank", "k"])
-        for i, name in enumerate(names):
-            sens, comp = result.x_sens[i].detach().cpu().numpy(), result.x_comp[i].detach().cpu().numpy()
-            if sens.ndim == 3:  # (C_in, H, W)
-                for suffix, array in (("x_sens", sens), ("x_comp", comp)):
-                    with atomic_write(self.output_dir / f"{name}_{suffix}.npy") as tmp:
-                        np.save(tmp, array)
-                if self.save_png:
-                    title = f"{name}: predicted {int(result.probs[i].argmax())}, rank {int(result.rank[i])}"
-                    fig = decomposition_figure(images[i, 0].numpy(), np.abs(sens).sum(0), np.abs(comp).sum(0),
-                                               title=title)
-                    save_figure_atomic(fig, self.output_dir / f"{name}_ifim.png")
-            else:  # (C_in, X, Y, Z) -> NIfTI, channels last
-                for suffix, array in (("x_sens", sens), ("x_comp", comp)):
-                    volume = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
-                    save_nifti(volume.astype(np.float32), self.output_dir / f"{name}_{suffix}.nii.gz")
-            self.rows.append([name, int(result.probs[i].argmax())]
-                             + [f"{p:.6g}" for p in result.probs[i].tolist()]
-                             + [f"{v:.6g}" for v in result.eigenvalues[i].tolist()]
-                             + [int(result.rank[i]), int(result.k[i])])
-
-    def _write_csv(self, engine: Engine) -> None:
-        if self.header is not None:
-            write_csv(self.output_dir / self.csv_name, self.header, self.rows)
 
 
 class PerturbationMetricsHandler:
@@ -191,7 +232,7 @@ class PerturbationMetricsHandler:
         self.predictions, self.labels = {}, []
 
     def __call__(self, engine: Engine) -> None:
-        images, _ = batch_images(engine, image_key=self.image_key)
+        images = batch_images(engine, self.image_key)
         labels = _batch_labels(_batch_items(engine), self.label_key)
         model = _model_of(engine, self.model)
         images = images.to(_device_of(model))
@@ -259,7 +300,7 @@ class AttributionStudyHandler:
     def __call__(self, engine: Engine) -> None:
         if self.study.full:
             return
-        images, _ = batch_images(engine, image_key=self.image_key)
+        images = batch_images(engine, self.image_key)
         items = _batch_items(engine)
         model = _model_of(engine, self.model)
         device = _device_of(model)

@@ -55,6 +55,8 @@ class IFIMResult:
     """The iFIM decomposition of a batch. Every field is batch first.
 
     Attributes:
+        logits: ``(B, C)`` the model's outputs at x, in their own dtype (what a classifier reports; no extra
+            forward pass needed).
         probs: ``(B, C)`` float64 predictive probabilities (softmax, or per-output sigmoid).
         eigenvalues: ``(B, C)`` float64 non-zero iFIM eigenvalues, descending, exactly zero past ``rank``.
         eigenvectors: ``(B, C, C_in, *spatial)`` in ``x``'s dtype; row ``i`` is the unit-norm ``u_i`` for
@@ -65,6 +67,7 @@ class IFIMResult:
         x_comp: ``(B, C_in, *spatial)``, ``x - x_sens`` (eq. 15-17).
     """
 
+    logits: torch.Tensor
     probs: torch.Tensor
     eigenvalues: torch.Tensor
     eigenvectors: torch.Tensor
@@ -264,8 +267,8 @@ def ifim_decompose(
     x_sens = (proj.transpose(1, 2) @ u_flat).reshape(x.shape).to(x.dtype)  # eq. 14, 16
     x_comp = x.detach() - x_sens  # eq. 17
     eigenvectors = u_flat.reshape(batch, n_out, *x.shape[1:])
-    return IFIMResult(probs=probs, eigenvalues=eigenvalues, eigenvectors=eigenvectors, rank=rank, k=k,
-                      x_sens=x_sens, x_comp=x_comp)
+    return IFIMResult(logits=logits.detach(), probs=probs, eigenvalues=eigenvalues, eigenvectors=eigenvectors,
+                      rank=rank, k=k, x_sens=x_sens, x_comp=x_comp)
 
 
 def fisher_quadratic(

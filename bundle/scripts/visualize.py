@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Dict, Hashable, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -14,12 +14,14 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
+from monai.transforms import Transform  # noqa: E402
 
 from .atomic import atomic_write  # noqa: E402
 
 __all__ = ["contrast_adjust", "jet_overlay", "decomposition_figure", "sample_grid_figure", "maps_grid_figure",
-           "grouped_bar_figure", "save_figure_atomic"]
+           "grouped_bar_figure", "save_figure_atomic", "SaveDecompositionFigured"]
 
 Box = Tuple[Sequence[float], float]  # (centre (row, col), half width) of a known signal
 
@@ -144,3 +146,41 @@ def grouped_bar_figure(values: Mapping[str, Sequence[float]], groups: Sequence[s
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     return fig
+
+
+class SaveDecompositionFigured(Transform):
+    """Postprocessing step of iFIM inference: ``<output_dir>/<name>_ifim.png``, the model's input and its
+    |x_sens| and |x_comp| (channels summed) in contrast-adjusted jet, titled with the predicted class, its
+    probability, the rank and k. Run it before the maps are put back on the source's grid: it shows what the model
+    saw. 3D inputs show their middle slice along the last axis.
+
+    Args:
+        output_dir: root of the figures; ``name`` may hold sub-folders.
+        class_names: names of the outputs, for the title; default their indices.
+        image_key, sens_key, comp_key, probs_key, rank_key, k_key, name_key: keys of one decollated item.
+    """
+
+    def __init__(self, output_dir: os.PathLike, class_names: Optional[Sequence[str]] = None, image_key="image",
+                 sens_key="x_sens", comp_key="x_comp", probs_key="probs", rank_key="rank", k_key="k",
+                 name_key="name"):
+        self.output_dir = Path(output_dir)
+        self.class_names = None if class_names is None else list(class_names)
+        self.keys = (image_key, sens_key, comp_key)
+        self.probs_key, self.rank_key, self.k_key, self.name_key = probs_key, rank_key, k_key, name_key
+
+    def path(self, name: str) -> Path:
+        return self.output_dir / f"{name}_ifim.png"
+
+    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
+        image, sens, comp = (torch.as_tensor(data[key]).detach().cpu().float() for key in self.keys)
+        planes = [image[0], sens.abs().sum(0), comp.abs().sum(0)]
+        if planes[0].ndim == 3:
+            planes = [plane[..., plane.shape[-1] // 2] for plane in planes]
+        probs = torch.as_tensor(data[self.probs_key]).reshape(-1)
+        predicted = int(probs.argmax())
+        label = self.class_names[predicted] if self.class_names else str(predicted)
+        name = str(data[self.name_key])
+        title = (f"{name}: {label} (p = {float(probs[predicted]):.3f}), rank {int(data[self.rank_key])}, "
+                 f"k {int(data[self.k_key])}")
+        save_figure_atomic(decomposition_figure(*(plane.numpy() for plane in planes), title=title), self.path(name))
+        return dict(data)
