@@ -1,0 +1,76 @@
+"""What the MONAI model zoo's CI does with a submitted bundle: check the bundle properties of each workflow type and
+run train (1 epoch), evaluate and infer on tiny data through ``ConfigWorkflow``."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "bundle" / "configs"
+TRAIN, EVALUATE, INFERENCE = (str(CONFIGS / f"{name}.yaml") for name in ("train", "evaluate", "inference"))
+META, LOGGING = str(CONFIGS / "metadata.json"), str(CONFIGS / "logging.conf")
+
+
+def _workflow(config_file, workflow_type, **override):
+    workflow = ConfigWorkflow(config_file=config_file, workflow_type=workflow_type, meta_file=META,
+                              logging_file=LOGGING, **override)
+    workflow.initialize()
+    return workflow
+
+
+def _tiny(tmp_path) -> dict:
+    """Overrides that keep a workflow's data tiny and its files in tmp_path (check_properties instantiates the
+    properties, datasets included)."""
+    return {"counts": [8, 4, 4], "n_images": 2, "cache_dir": str(tmp_path / "cache"),
+            "output_dir": str(tmp_path / "out"), "log_dir": str(tmp_path / "logs")}
+
+
+@pytest.mark.parametrize("config_file,workflow_type", [(TRAIN, "train"), (INFERENCE, "infer"),
+                                                       ([TRAIN, EVALUATE], "train"), ([TRAIN, EVALUATE], "infer")])
+def test_bundle_properties_are_complete(tmp_path, config_file, workflow_type):
+    """check_properties lists required properties that are missing and optional ones defined under another ID."""
+    assert _workflow(config_file, workflow_type, **_tiny(tmp_path)).check_properties() == []
+
+
+def test_a_property_defined_under_another_id_is_reported(tmp_path):
+    broken = tmp_path / "inference.yaml"
+    text = Path(INFERENCE).read_text()
+    assert '  postprocessing: "@postprocessing"\n' in text
+    broken.write_text(text.replace('  postprocessing: "@postprocessing"\n', '  postprocessing: "@post"\n')
+                      + "post: null\n")
+    workflow = ConfigWorkflow(config_file=str(broken), workflow_type="infer", meta_file=META, **_tiny(tmp_path))
+    workflow.initialize()
+    assert workflow.check_properties() == ["postprocessing"]
+
+
+def test_train_evaluate_infer_through_config_workflow(tmp_path):
+    work = tmp_path / "zoo"
+    common = {"cache_dir": str(work / "cache")}
+    trainer = _workflow(TRAIN, "train", counts=[32, 8, 8], max_epochs=1, output_dir=str(work / "models"),
+                        log_dir=str(work / "logs"), **common)
+    assert trainer.check_properties() == []
+    trainer.run()
+    trainer.finalize()
+    ckpt = work / "models" / "model.pt"
+    assert "classifier.weight" in torch.load(ckpt, weights_only=True)
+
+    evaluator = _workflow([TRAIN, EVALUATE], "train", counts=[32, 8, 8], ckpt_path=str(ckpt), table2_seeds=[],
+                          study_methods=["gradcam"], output_dir=str(work / "eval"), **common)
+    assert evaluator.check_properties() == []
+    evaluator.run()
+    evaluator.finalize()
+    metrics = dict(row for row in csv.reader((work / "eval" / "metrics.csv").open()))
+    assert 0.0 <= float(metrics["test_accuracy"]) <= 1.0 and (work / "eval" / "report" / "report.md").is_file()
+
+    inferer = _workflow(INFERENCE, "infer", ckpt_path=str(ckpt), n_images=4, output_dir=str(work / "inference"),
+                        **common)
+    assert inferer.check_properties() == []
+    inferer.run()
+    inferer.finalize()
+    (run,) = (work / "inference").iterdir()
+    assert len(list(csv.DictReader((run / "ifim.csv").open()))) == 4
