@@ -237,10 +237,38 @@ def test_constant_model_has_zero_fisher():
 @pytest.mark.parametrize("bad,match", [
     (torch.full((1, 1, 4, 4), float("nan")), "NaN"),
     (torch.zeros(4, 4), "shape"),
+    (torch.zeros(0, 1, 4, 4), r"holds no image: shape \(0, 1, 4, 4\)"),
 ])
 def test_bad_input_raises(bad, match):
     with pytest.raises(ValueError, match=match):
         ifim_decompose(TinyConvNet(1, 2).float(), bad)
+
+
+@pytest.mark.parametrize("settings,error,match", [
+    ({"rtol": float("nan")}, ValueError, r"rtol must lie in \[0, 1\), got nan"),
+    ({"rtol": 1.0}, ValueError, "rtol must lie"),
+    ({"rtol": "1e-6"}, TypeError, "rtol must be a number"),
+    ({"rho": "0.9"}, TypeError, r"rho must be a number in \(0, 1\], got '0.9' \(str\)"),
+    ({"rho": float("nan")}, ValueError, "rho must lie"),
+])
+def test_bad_settings_are_refused_before_any_work(settings, error, match):
+    model, x = _model_and_input(3, shape=(2, 1, 8, 8), seed=14, logit_scale=3.0)
+    with pytest.raises(error, match=match):
+        ifim_decompose(model, x, **settings)
+
+
+def test_inference_mode_gives_the_exact_decomposition():
+    """Under torch.inference_mode() autograd records nothing: the engine must not return a silent rank 0."""
+    model, x = _model_and_input(3, shape=(2, 1, 8, 8), seed=15, logit_scale=3.0)
+    reference = ifim_decompose(model, x)
+    assert torch.all(reference.rank == 2)
+    with torch.inference_mode():
+        x_inference = x.clone()  # an inference tensor, as a caller's preprocessing would make
+        inside = ifim_decompose(model, x_inference)
+        quadratic = fisher_quadratic(model, x_inference, torch.ones_like(x_inference))
+    for name, value in reference.to_dict().items():
+        torch.testing.assert_close(getattr(inside, name), value, rtol=0, atol=0)
+    torch.testing.assert_close(quadratic, fisher_quadratic(model, x, torch.ones_like(x)))
 
 
 def test_bad_model_output_raises():

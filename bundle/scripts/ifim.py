@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
@@ -102,10 +103,29 @@ def _check_input(x: torch.Tensor, name: str = "x") -> None:
     if x.ndim < 3:
         raise ValueError(f"{name} must be batch first with a channel axis, (B, C_in, *spatial); got shape "
                          f"{tuple(x.shape)}.")
+    if x.shape[0] == 0 or x[0].numel() == 0:
+        raise ValueError(f"{name} holds no image: shape {tuple(x.shape)}.")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating point tensor, got {x.dtype}.")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or Inf values; the iFIM is only defined at finite inputs.")
+
+
+def _check_settings(rho: float, rtol: Optional[float]) -> None:
+    if isinstance(rho, bool) or not isinstance(rho, numbers.Real):
+        raise TypeError(f"rho must be a number in (0, 1], got {rho!r} ({type(rho).__name__}).")
+    if not 0.0 < float(rho) <= 1.0:
+        raise ValueError(f"rho must lie in (0, 1], got {rho}.")
+    if rtol is not None:
+        if isinstance(rtol, bool) or not isinstance(rtol, numbers.Real):
+            raise TypeError(f"rtol must be a number in [0, 1) or None, got {rtol!r} ({type(rtol).__name__}).")
+        if not 0.0 <= float(rtol) < 1.0:  # also refuses NaN, which would make every eigenvalue zero
+            raise ValueError(f"rtol must lie in [0, 1), got {rtol}.")
+
+
+def _autograd_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` detached as a tensor autograd can use: a tensor made under ``torch.inference_mode()`` is copied."""
+    return x.detach().clone() if x.is_inference() else x.detach()
 
 
 def _check_logits(logits: torch.Tensor, batch: int, head: str) -> None:
@@ -127,7 +147,9 @@ def eval_mode(model: Callable, grad: bool = True) -> Iterator[None]:
     if isinstance(model, nn.Module):
         model.eval()
     try:
-        with torch.enable_grad() if grad else torch.no_grad():
+        # inference_mode(False): under a caller's torch.inference_mode() autograd records nothing, and every
+        # gradient would silently be zero
+        with torch.inference_mode(False), torch.enable_grad() if grad else torch.no_grad():
             yield
     finally:
         for module, mode in modes.items():
@@ -222,12 +244,11 @@ def ifim_decompose(
         An :class:`IFIMResult`. Peak memory is O(B * C * d): F (``d x d``) is never formed.
     """
     _check_head(head)
-    if not 0.0 < float(rho) <= 1.0:
-        raise ValueError(f"rho must lie in (0, 1], got {rho}.")
+    _check_settings(rho, rtol)
     _check_input(x)
     batch = x.shape[0]
     with eval_mode(model):
-        x_leaf = x.detach().requires_grad_(True)
+        x_leaf = _autograd_input(x).requires_grad_(True)
         logits = model(x_leaf)
         _check_logits(logits, batch, head)
         probs, weights, pairs = _outer_weights(logits, head)
@@ -295,7 +316,7 @@ def fisher_quadratic(
     if delta.shape != x.shape:
         raise ValueError(f"delta must be shaped like x {tuple(x.shape)}, got {tuple(delta.shape)}.")
     with eval_mode(model):
-        logits, directional = torch.func.jvp(model, (x.detach(),), (delta.detach().to(x.dtype),))
+        logits, directional = torch.func.jvp(model, (_autograd_input(x),), (_autograd_input(delta).to(x.dtype),))
     _check_logits(logits, x.shape[0], head)
     probs = predictive_probs(logits, head)
     directional = directional.detach().double()
