@@ -176,3 +176,22 @@ def test_a_failing_report_leaves_the_previous_one(tmp_path, monkeypatch):
         write_report(tmp_path / "report", _hand_study(0.5, 1.2), _examples())
     assert (out / "report.md").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_a_report_touches_only_its_own_files(tmp_path):
+    """--report_dir pointed at a folder of one's own work: the report adds its files and deletes nothing else."""
+    mine = tmp_path / "mine"
+    (mine / "thesis").mkdir(parents=True)
+    (mine / "thesis" / "a.tex").write_text("work")
+    (mine / "notes.md").write_text("more work")
+    table = {"seeds": [{"seed": 0, "checkpoint": "a.pt", "precision": 0.9, "recall": 0.8, "f1": 0.85,
+                        "accuracy": 0.86}], **{k: {"mean": 0.5, "std": None, "n": 1}
+                                               for k in ("precision", "recall", "f1", "accuracy")}}
+    write_report(mine, _hand_study(1.5, 1.2), _examples(), seed_table=table)
+    assert (mine / "thesis" / "a.tex").read_text() == "work" and (mine / "notes.md").read_text() == "more work"
+    assert (mine / "table2.csv").is_file()
+    write_report(mine, _hand_study(1.5, 1.2), _examples())  # no Table II this time: its old table must go
+    assert not (mine / "table2.csv").exists() and (mine / "report.md").is_file()
+    assert (mine / "thesis" / "a.tex").read_text() == "work" and (mine / "notes.md").read_text() == "more work"
+    assert {p.name for p in mine.iterdir()} - set(report_module.REPORT_FILES) == {"thesis", "notes.md"}

@@ -8,8 +8,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import csv
+import glob
 import io
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -18,19 +20,55 @@ from typing import Iterable, Iterator, Optional, Sequence
 import nibabel as nib
 import numpy as np
 
-__all__ = ["atomic_write", "write_csv", "append_csv_rows", "save_nifti", "new_run_dir"]
+__all__ = ["atomic_write", "write_csv", "append_csv_rows", "save_nifti", "new_run_dir", "temporary_prefix",
+           "remove_stale_temporaries"]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def temporary_prefix(prefix: str) -> str:
+    """The name prefix of this process's temporaries: ``<prefix>-<pid>-``, so a later run can tell which ones a
+    dead writer left behind (:func:`remove_stale_temporaries`)."""
+    return f"{prefix}-{os.getpid()}-"
+
+
+def remove_stale_temporaries(folder: os.PathLike, prefix: str) -> None:
+    """Remove the temporary files or folders ``<prefix>-<pid>-*`` in ``folder`` whose writer died before it could
+    rename or remove them (``kill -9``, power loss). Those of live processes are left alone."""
+    for tmp in Path(folder).glob(f"{glob.escape(prefix)}-*-*"):
+        pid = tmp.name[len(prefix) + 1:].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
 
 
 @contextlib.contextmanager
 def atomic_write(path: os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffixes, so writers pick the right format); on success it is
-    renamed onto ``path`` in one step, on failure it is removed and ``path`` is untouched."""
+    renamed onto ``path`` in one step, with the permissions the user's umask gives new files; on failure it is
+    removed and ``path`` is untouched. Temporaries of ``path`` that a killed writer left behind are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix="".join(path.suffixes))
+    remove_stale_temporaries(path.parent, f".{path.name}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(f".{path.name}"), suffix="".join(path.suffixes))
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: colleagues could not read a shared results folder
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -269,7 +269,8 @@ class AttributionStudyHandler:
     in ``report_dir`` with the evaluator's other metrics and the optional Table II (``seed_table``).
 
     Args:
-        report_dir: where the report goes (replaced as a whole at each epoch end); None computes only.
+        report_dir: where the report goes (its own files replaced at each epoch end, nothing else touched); None
+            computes only.
         methods, alphas, noise_mean, noise_std, epsilon, seed, rho, max_images, n_examples: see
             :class:`scripts.study.AttributionStudy`.
         model: the classifier; default ``engine.network``.

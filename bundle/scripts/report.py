@@ -3,8 +3,9 @@
 """The evaluation report: every number of :class:`scripts.study.AttributionStudy` and Table II, as Markdown, CSV,
 JSON and figures (Fig. 1-4 of the paper), with the findings stated from the numbers themselves.
 
-:func:`write_report` fills a fresh folder and swaps it into place, so a failure leaves the previous report (or
-none), never half of one.
+:func:`write_report` builds the report in a hidden staging folder inside ``report_dir`` and then moves each of its
+files into place: every file is whole, a failure before the moves leaves the previous report as it was, and files
+in ``report_dir`` that are not the report's (:data:`REPORT_FILES`) are never touched.
 """
 
 from __future__ import annotations
@@ -19,10 +20,16 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .atomic import write_csv
+from .atomic import atomic_write, remove_stale_temporaries, temporary_prefix, write_csv
 from .visualize import grouped_bar_figure, maps_grid_figure, save_figure_atomic
 
-__all__ = ["write_report", "findings"]
+__all__ = ["write_report", "findings", "REPORT_FILES"]
+
+# Every file a report may write. Names a report writes replace the old ones; names it does not write this time
+# (e.g. table2.csv without Table II) are removed, so the folder never mixes two reports. Nothing else is touched.
+REPORT_FILES = ("report.md", "results.json", "perturbation.csv", "fgsm.csv", "randomization.csv", "localization.csv",
+                "table2.csv", "fig1_overlays.png", "fig3_perturbation_ratio.png", "fig3_f1_drops.png",
+                "fig4_fgsm_correlation.png", "fig_randomization.png", "fig_localization.png")
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -251,7 +258,8 @@ def _markdown(study: dict, test_metrics: Mapping[str, float], seed_table: Option
 def write_report(report_dir: os.PathLike, study: dict, examples: Sequence[dict] = (),
                  test_metrics: Optional[Mapping[str, float]] = None, seed_table: Optional[dict] = None,
                  context: Optional[Mapping[str, object]] = None) -> Path:
-    """Write ``report.md``, ``results.json``, CSVs and figures into ``report_dir`` (replaced as a whole).
+    """Write ``report.md``, ``results.json``, CSVs and figures into ``report_dir``: the report's own files
+    (:data:`REPORT_FILES`) are replaced, anything else in the folder is left alone.
 
     Args:
         study: :meth:`scripts.study.AttributionStudy.compute`'s dict.
@@ -261,8 +269,9 @@ def write_report(report_dir: os.PathLike, study: dict, examples: Sequence[dict] 
         context: run settings shown at the top (task, network, checkpoint, ...).
     """
     report_dir = Path(report_dir)
-    report_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}.", dir=report_dir.parent))
+    report_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(report_dir, ".report-staging")  # left by a report killed mid-way
+    tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(".report-staging"), dir=report_dir))
     try:
         test_metrics = {k: float(v) for k, v in (test_metrics or {}).items() if isinstance(v, (int, float))}
         figures = _figures(study, tmp)
@@ -283,16 +292,18 @@ def write_report(report_dir: os.PathLike, study: dict, examples: Sequence[dict] 
                        for r in seed_table["seeds"]])
         results = {"study": study, "test_metrics": test_metrics, "table2": seed_table,
                    "findings": findings(study, seed_table), "context": {k: str(v) for k, v in (context or {}).items()}}
-        (tmp / "results.json").write_text(json.dumps(_jsonable(results), indent=2))
-        (tmp / "report.md").write_text(_markdown(study, test_metrics, seed_table, figures, overlay, context or {}))
-        if report_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}.old.", dir=report_dir.parent))
-            os.replace(report_dir, old / report_dir.name)
-            os.replace(tmp, report_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, report_dir)
-    except BaseException:
+        with atomic_write(tmp / "results.json") as path:
+            path.write_text(json.dumps(_jsonable(results), indent=2))
+        with atomic_write(tmp / "report.md") as path:
+            path.write_text(_markdown(study, test_metrics, seed_table, figures, overlay, context or {}))
+        written = sorted(p.name for p in tmp.iterdir())
+        unexpected = set(written) - set(REPORT_FILES)
+        if unexpected:
+            raise RuntimeError(f"write_report made files it does not own: {sorted(unexpected)}")
+        for name in sorted(written, key=lambda n: n == "report.md"):  # report.md last: it marks a whole report
+            os.replace(tmp / name, report_dir / name)
+        for name in set(REPORT_FILES) - set(written):
+            (report_dir / name).unlink(missing_ok=True)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report_dir
