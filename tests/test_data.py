@@ -178,6 +178,38 @@ def test_hcp_datalist_subject_disjoint_slices_with_white_matter(tmp_path, aseg):
     assert 4 <= entry["slice"] < 16  # the fake white matter spans z = 4 .. 15
 
 
+def test_slice_cache_follows_the_volume_and_the_white_matter_threshold(tmp_path):
+    """Cached slices are reused only for the same volume and mask: a new threshold or new voxels cut new slices."""
+    import nibabel as nib
+
+    root = make_hcp(tmp_path / "hcp", ["a", "b", "c"], aseg=False)  # white matter as a 0.9 probability map
+    for subject in ("a", "b", "c"):  # lower the probability of one hemisphere to 0.6
+        prob_path = root / subject / "T1w" / "wm_prob.nii.gz"
+        prob = np.asarray(nib.load(str(prob_path)).dataobj).copy()
+        prob[prob.shape[0] // 2:] *= 0.6 / 0.9
+        nib.save(nib.Nifti1Image(prob, np.eye(4)), str(prob_path))
+    build = dict(counts=(4, 2, 2), min_wm_voxels=30, wm_prob_pattern="T1w/wm_prob.nii.gz")
+    first = build_hcp_datalist(root, tmp_path / "cache", wm_threshold=0.5, **build)
+    assert build_hcp_datalist(root, tmp_path / "cache", wm_threshold=0.5, **build) == first  # reused
+    stricter = build_hcp_datalist(root, tmp_path / "cache", wm_threshold=0.7, **build)
+    for loose, strict in zip(first["training"], stricter["training"]):
+        loose_mask = np.asarray(nib.load(loose["mask"]).dataobj)
+        strict_mask = np.asarray(nib.load(strict["mask"]).dataobj)
+        assert strict_mask.sum() < loose_mask.sum()  # the new threshold's mask, not the cached one
+    t1_path = root / "a" / "T1w" / "T1w_acpc_dc_restore_brain.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(str(t1_path)).dataobj) * 2, np.eye(4)), str(t1_path))
+    second = build_hcp_datalist(root, tmp_path / "cache", wm_threshold=0.5, **build)
+    old = {e["image"] for s in SPLITS for e in first[s] if e["subject"] == "a"}
+    new = {e["image"] for s in SPLITS for e in second[s] if e["subject"] == "a"}
+    assert new and old and not old & new  # subject a's slices were cut again from the new voxels
+    for entry in (e for s in SPLITS for e in second[s] if e["subject"] == "a"):
+        twice = np.asarray(nib.load(entry["image"]).dataobj)
+        once = [np.asarray(nib.load(e["image"]).dataobj) for s in SPLITS for e in first[s]
+                if e["subject"] == "a" and e["slice"] == entry["slice"]]
+        if once:
+            np.testing.assert_allclose(twice, 2 * once[0])
+
+
 def test_hcp_errors_name_the_file(tmp_path):
     root = make_hcp(tmp_path / "hcp", ["a", "b", "c"])
     (root / "b" / "T1w" / "T1w_acpc_dc_restore_brain.nii.gz").unlink()

@@ -23,6 +23,7 @@ one fixed image, as in the paper's fixed SKS/BKS set.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -255,13 +256,26 @@ def _load_volume(path: Path) -> np.ndarray:
         raise ValueError(f"cannot read NIfTI volume {path}: {err}") from err
 
 
+def _slice_cache_key(t1: np.ndarray, wm: np.ndarray) -> str:
+    """A digest of what the slices are cut from: the T1 voxels and the white-matter mask (so a changed volume or
+    ``wm_threshold`` cuts new slices instead of reusing stale ones)."""
+    digest = hashlib.sha256()
+    for array in (t1, np.packbits(wm)):
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(str(wm.shape).encode())
+    return digest.hexdigest()[:16]
+
+
 def _axial_slices(t1_path: Path, wm: np.ndarray, out_dir: Path, subject: str, min_wm_voxels: int) -> List[dict]:
     """Write the axial slices of a volume holding at least ``min_wm_voxels`` white-matter voxels as 2D NIfTI files
-    (image float32, mask uint8), oriented anterior up; return their records."""
+    (image float32, mask uint8), oriented anterior up, into ``out_dir/<subject>-<key>/`` where the key digests the
+    volume and the mask; return their records."""
     t1 = _load_volume(t1_path).astype(np.float32)
     if t1.ndim != 3 or t1.shape != wm.shape:
         raise ValueError(f"{t1_path} has shape {t1.shape}; expected a 3D volume shaped like its white-matter mask "
                          f"{wm.shape}.")
+    out_dir = out_dir / f"{subject}-{_slice_cache_key(t1, wm)}"
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for z in range(t1.shape[2]):
@@ -269,7 +283,7 @@ def _axial_slices(t1_path: Path, wm: np.ndarray, out_dir: Path, subject: str, mi
         if mask.sum() < min_wm_voxels:
             continue
         names = [out_dir / f"{subject}_z{z:03d}_{kind}.nii.gz" for kind in ("t1", "wm")]
-        if not all(n.exists() for n in names):  # the cache is reused across builds
+        if not all(n.exists() for n in names):  # reused across builds of the same volume and mask
             save_nifti(np.ascontiguousarray(np.rot90(t1[:, :, z])), names[0])
             save_nifti(np.ascontiguousarray(np.rot90(mask)).astype(np.uint8), names[1])
         records.append({"image": str(names[0]), "mask": str(names[1]), "subject": subject, "slice": z})
