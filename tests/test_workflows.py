@@ -41,6 +41,10 @@ def test_train_writes_the_best_checkpoint_and_tensorboard_logs(trained):
     work, _, ckpt = trained
     state = torch.load(ckpt, weights_only=True)  # ignite saves a single object's state_dict itself
     assert "classifier.weight" in state
+    stamp = json.loads(ckpt.with_suffix(".json").read_text())  # what it was trained for, beside it
+    assert stamp == {"task": "sksbks", "network_name": "shallow_cnn", "image_size": 64, "num_classes": 2}
+    shipped = json.loads((BUNDLE / "models" / "model.json").read_text())  # the shipped model's, same format
+    assert shipped == stamp
     assert list((work / "logs").glob("events.out.tfevents.*"))
     assert (work / "models" / "datalist.json").is_file()
 
@@ -137,6 +141,39 @@ def test_missing_checkpoint_is_named(trained, tmp_path):
                      "--output_dir", tmp_path / "out", "--cache_dir", cache, check=False)
     assert run.returncode != 0 and f"checkpoint not found: {missing}" in run.stderr
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_unreadable_checkpoint_is_one_line_naming_it(trained, tmp_path, damage):
+    """An empty or truncated model.pt: one error line naming the file and what is wrong, the traceback in the log,
+    a non-zero exit and no output."""
+    _, cache, ckpt = trained
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"" if damage == "empty" else ckpt.read_bytes()[:4000])
+    run = bundle_cmd("run", "inference", "--config_file", "bundle/configs/inference.yaml", "--ckpt_path", bad,
+                     "--output_dir", tmp_path / "out", "--cache_dir", cache, "--bundle_root", BUNDLE, check=False)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("ERROR ")]
+    assert len(errors) == 1 and f"checkpoint {bad} cannot be read" in errors[0], run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "does not fit" not in run.stderr
+    log = BUNDLE / "logs" / "last_error.log"
+    assert "Traceback" in log.read_text() and str(bad) in log.read_text()
+    assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_of_another_task_is_refused(trained, tmp_path):
+    """The shipped SKS/BKS model has 2 classes like CXR: only its stamp tells the tasks apart."""
+    _, _, ckpt = trained
+    image = tmp_path / "scans" / "a.png"
+    image.parent.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    run = bundle_cmd("run", "inference", "--config_file", "bundle/configs/inference.yaml", "--ckpt_path", ckpt,
+                     "--task", "cxr", "--dataset_dir", image.parent, "--output_dir", tmp_path / "out", check=False)
+    assert run.returncode != 0
+    assert f"checkpoint {ckpt} was trained for task 'sksbks' (this run: 'cxr')" in run.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_checkpoint_of_another_network_is_named(trained, tmp_path):

@@ -74,3 +74,10 @@ def test_train_evaluate_infer_through_config_workflow(tmp_path):
     inferer.finalize()
     (run,) = (work / "inference").iterdir()
     assert len(list(csv.DictReader((run / "ifim.csv").open()))) == 4
+
+
+def test_training_is_deterministic_on_a_gpu_too(tmp_path):
+    """train.yaml's initialize leaves cuDNN deterministic: benchmark mode would pick kernels by timing."""
+    torch.backends.cudnn.benchmark = True
+    _workflow(TRAIN, "train", **_tiny(tmp_path))
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark

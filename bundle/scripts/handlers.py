@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointLoader
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from torch import nn
 
 from .atomic import append_csv_rows, atomic_write, write_csv
@@ -39,7 +39,7 @@ from .report import write_report
 from .study import STUDY_MAPS, AttributionStudy
 
 __all__ = ["IFIMCSVSaver", "IFIMHandler", "PerturbationMetricsHandler", "AttributionStudyHandler",
-           "CheckedCheckpointLoader", "batch_images"]
+           "CheckedCheckpointLoader", "StampedCheckpointSaver", "model_stamp_path", "batch_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -328,14 +328,57 @@ class AttributionStudyHandler:
             write_report(self.report_dir, results, self.study.examples, test_metrics, self.seed_table, self.context)
 
 
-class CheckedCheckpointLoader(CheckpointLoader):
-    """MONAI's ``CheckpointLoader`` (``torch.load(..., weights_only=True)``) whose errors name the checkpoint: a
-    missing file fails when the config is instantiated, weights of another network when they are loaded."""
+def model_stamp_path(checkpoint: os.PathLike) -> Path:
+    """The stamp beside a checkpoint: ``model.pt`` -> ``model.json``."""
+    return Path(checkpoint).with_suffix(".json")
 
-    def __init__(self, load_path: str, load_dict: Dict, **kwargs):
+
+class StampedCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` that also writes, beside the key-metric checkpoint, ``<name>.json``: what the model
+    was trained for (``stamp``: task, network, image size, classes), so :class:`CheckedCheckpointLoader` can refuse a
+    checkpoint of another task even when its class count fits. Written after every epoch in which the checkpoint
+    exists, i.e. from the run's first saved checkpoint on."""
+
+    def __init__(self, save_dir: str, save_dict: Dict, stamp: Mapping[str, Any], **kwargs):
+        super().__init__(save_dir, save_dict, **kwargs)
+        plain = (int, float, str, bool, type(None))
+        self.stamp = {k: (v if isinstance(v, plain) else str(v)) for k, v in stamp.items()}
+        self.checkpoint = Path(save_dir) / kwargs.get("key_metric_filename", "model.pt")
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write_stamp)  # after the save of the same event
+
+    def _write_stamp(self, engine: Engine) -> None:
+        path = model_stamp_path(self.checkpoint)
+        if self.checkpoint.is_file() and not (path.is_file() and json.loads(path.read_text()) == self.stamp):
+            with atomic_write(path) as tmp:
+                tmp.write_text(json.dumps(self.stamp, indent=2))
+
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` (``torch.load(..., weights_only=True)``) whose errors name the checkpoint and say
+    what is wrong, when the config is instantiated (before any output is written) where they can be told then:
+
+    * a missing file;
+    * a file that is not a readable PyTorch checkpoint (empty, truncated, or not weights only);
+    * a checkpoint stamped (:class:`StampedCheckpointSaver`) for another task, network or image size than
+      ``expected``;
+    * and, when loaded, weights of another network or configuration.
+    """
+
+    def __init__(self, load_path: str, load_dict: Dict, expected: Optional[Mapping[str, Any]] = None, **kwargs):
         if not Path(load_path).is_file():
             raise FileNotFoundError(f"checkpoint not found: {load_path} (train first with configs/train.yaml, or "
                                     "set ckpt_path).")
+        try:
+            torch.load(load_path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            text = str(err).strip().splitlines()
+            raise ValueError(f"checkpoint {load_path} cannot be read: {type(err).__name__}"
+                             f"{': ' + text[0] if text else ''} (an empty or truncated file, or not a PyTorch "
+                             "weights file).") from err
+        _check_stamp(load_path, expected or {})
         super().__init__(load_path, load_dict, **kwargs)
 
     def __call__(self, engine: Engine) -> None:
@@ -345,3 +388,22 @@ class CheckedCheckpointLoader(CheckpointLoader):
             names = ", ".join(type(obj).__name__ for obj in self.load_dict.values())
             raise RuntimeError(f"checkpoint {self.load_path} does not fit the network ({names}): it was saved from "
                                f"another network or configuration. {str(err).splitlines()[0]}") from err
+
+
+def _check_stamp(checkpoint: os.PathLike, expected: Mapping[str, Any]) -> None:
+    if not expected:
+        return
+    path = model_stamp_path(checkpoint)
+    if not path.is_file():
+        logger.warning("checkpoint %s has no stamp %s: cannot check it was trained for %s.", checkpoint, path.name,
+                       dict(expected))
+        return
+    try:
+        stamp = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"checkpoint stamp {path} cannot be read: {err}") from err
+    wrong = {k: (stamp[k], v) for k, v in expected.items() if k in stamp and str(stamp[k]) != str(v)}
+    if wrong:
+        said = ", ".join(f"{k} {old!r} (this run: {new!r})" for k, (old, new) in wrong.items())
+        raise ValueError(f"checkpoint {checkpoint} was trained for {said}, as {path.name} records; run with the "
+                         "checkpoint's settings or pass --ckpt_path of a model trained for this run's.")
