@@ -110,6 +110,15 @@ def test_cxr_datalist_labels_negatives_and_patient_disjoint(tmp_path, caplog):
     assert any(e["image"].endswith("_004.png") and e["label"] == 0 for s in SPLITS for e in any_negative[s])
 
 
+def test_cxr_csv_saved_with_a_byte_order_mark(tmp_path):
+    root = make_nih_cxr(tmp_path / "nih", _nih_rows())
+    csv_path = root / "Data_Entry_2017.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbf" + csv_path.read_bytes())  # as spreadsheet programs save UTF-8
+    with_bom = build_cxr_datalist(root, per_class=(8, 2, 4), seed=0)
+    csv_path.write_bytes(csv_path.read_bytes()[3:])
+    assert with_bom == build_cxr_datalist(root, per_class=(8, 2, 4), seed=0)
+
+
 def test_cxr_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="Data_Entry_2017.csv"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -94,9 +96,16 @@ def test_monochrome1_dicom_is_inverted_with_or_without_suffix(tmp_path):
     torch.testing.assert_close(with_suffix, 1 - plain, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("case", ["volume", "nan", "corrupt", "unknown"])
+@pytest.mark.parametrize("case", ["volume", "multiframe", "nan", "corrupt", "unknown"])
 def test_what_a_2d_model_cannot_take_is_refused_naming_the_file(tmp_path, case):
-    if case == "volume":
+    if case == "multiframe":
+        import shutil
+
+        from pydicom.data import get_testdata_file
+
+        path = Path(shutil.copy(get_testdata_file("SC_rgb_rle_2frame.dcm"), tmp_path / "two_frames.dcm"))
+        message = "is a volume or multi-frame series"
+    elif case == "volume":
         path = write_nifti(tmp_path / "vol.nii.gz", np.random.rand(8, 9, 10).astype(np.float32))
         message = "is a volume or multi-frame series of shape (8, 9, 10)"
     elif case == "nan":
@@ -175,3 +184,24 @@ def test_an_image_made_in_memory_is_its_own_grid(tmp_path):
     written = nib.load(str(tmp_path / "p0_x_sens.nii.gz"))
     assert written.shape == (12, 10) and np.allclose(written.affine, np.eye(4))
     np.testing.assert_allclose(written.get_fdata(), image[0].numpy() * 0.5, rtol=1e-6)
+
+
+def test_a_header_claiming_a_huge_image_is_refused_before_loading(tmp_path):
+    """A 30000^2 float32 NIfTI header with no pixel data behind it: refused from the header, nothing allocated."""
+    import gzip
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((30000, 30000))
+    header.set_data_dtype(np.float32)
+    path = tmp_path / "claims.nii.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(header.binaryblock + b"\0" * 4)  # the 348-byte header, the extension flag, no pixels
+    assert path.stat().st_size < 100
+    chain = image_transforms(size=16)
+    dataset = SkippingDataset([{"image": str(path), "name": "claims.nii.gz"}], chain)
+    assert list(dataset) == []
+    reason = dataset.failure({"image": str(path), "name": "claims.nii.gz"})
+    assert f"file {path} claims 900000000 voxels, more than max_voxels=268435456" in reason
+    small = write_gray(tmp_path / "small.png", _picture())  # 30 x 44
+    with pytest.raises(ValueError, match="claims 1320 voxels, more than max_voxels=1000"):
+        LoadImageCheckedd("image", max_voxels=1000)({"image": str(small)})

@@ -222,7 +222,7 @@ def build_cxr_datalist(root: os.PathLike, per_class: Sequence[int] = (800, 50, 7
         raise ValueError(f"negative must be 'No Finding' or 'any', got {negative!r}.")
     on_disk = {p.name: p for p in root.rglob("*.png")}
     items, missing = [], 0
-    with csv_path.open(newline="") as f:
+    with csv_path.open(newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark is not a column
         reader = csv.DictReader(f)
         required = {"Image Index", "Finding Labels", "Patient ID"}
         if not required <= set(reader.fieldnames or ()):

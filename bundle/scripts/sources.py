@@ -32,7 +32,9 @@ import os
 from pathlib import Path
 from typing import Dict, Hashable, Iterable, List, Mapping, Sequence, Tuple
 
+import nibabel as nib
 import numpy as np
+import pydicom
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelReader, PILReader, PydicomReader
@@ -43,8 +45,8 @@ from PIL import Image
 from .atomic import save_nifti
 
 __all__ = ["IMAGE_SUFFIXES", "is_dicom_file", "is_nifti_file", "find_image_files", "image_readers", "image_format",
-           "LoadImageCheckedd", "EnsureSpatialDimsd", "RowsColumnsd", "AsOwnGridd", "InvertToSourced",
-           "SaveOnSourceGridd"]
+           "LoadImageCheckedd", "DEFAULT_MAX_VOXELS", "header_voxels", "EnsureSpatialDimsd", "RowsColumnsd",
+           "AsOwnGridd", "InvertToSourced", "SaveOnSourceGridd"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,19 +139,39 @@ def image_format(path: os.PathLike) -> str:
     raise ValueError(f"{path} is not a NIfTI, PNG, JPEG, BMP or DICOM file.")
 
 
+DEFAULT_MAX_VOXELS = 2**28  # 268M: a 16384^2 radiograph or a 640^3 volume; real CXR / MRI are far below
+
+
+def header_voxels(path: os.PathLike) -> int:
+    """The number of voxels a file's header claims (spatial extent, channels not counted), read without pixels."""
+    kind = image_format(path)
+    if kind == "nifti":
+        shape = nib.load(str(path)).shape[:3]
+    elif kind == "raster":
+        with Image.open(path) as image:
+            shape = image.size
+    else:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        shape = (int(header.Rows), int(header.Columns), int(header.get("NumberOfFrames", 1) or 1))
+    return int(np.prod([int(s) for s in shape], dtype=np.int64))
+
+
 class LoadImageCheckedd(LoadImaged):
     """``LoadImaged`` (channel first, MetaTensor) that reads each file with the one reader of its format
     (:func:`image_readers`, chosen by suffix or DICOM marker), so a corrupt file fails with its reader's own
     message, and whose errors name the file: a missing path raises ``FileNotFoundError``, an unreadable one
     ``ValueError``. (MONAI alone tries every reader in turn and reports any failure as "cannot find a suitable
-    reader".) The meta is reduced to what every format has (:func:`_source_meta`), so mixed batches collate, and
-    keeps the reader's shape and affine, so maps can be written back on the source's grid."""
+    reader".) A file whose header claims more than ``max_voxels`` voxels is refused before its pixels are
+    allocated (a 59-byte NIfTI can claim 30000^2). The meta is reduced to what every format has
+    (:func:`_source_meta`), so mixed batches collate, and keeps the reader's shape and affine, so maps can be written
+    back on the source's grid."""
 
-    def __init__(self, keys: KeysCollection, **kwargs):
+    def __init__(self, keys: KeysCollection, max_voxels: int = DEFAULT_MAX_VOXELS, **kwargs):
         kwargs.setdefault("image_only", True)
         kwargs.setdefault("ensure_channel_first", True)
         super().__init__(keys, **kwargs)
         self.readers = image_readers()
+        self.max_voxels = int(max_voxels)
 
     def __call__(self, data, reader=None):
         d = dict(data)
@@ -159,6 +181,13 @@ class LoadImageCheckedd(LoadImaged):
                 continue
             if not Path(path).expanduser().is_file():
                 raise FileNotFoundError(f"{key!r}: image file not found: {path}")
+            try:
+                voxels = header_voxels(path)
+            except Exception as err:
+                raise ValueError(f"cannot read {key!r} file {path}: {str(err).strip().splitlines()[0]}") from err
+            if voxels > self.max_voxels:
+                raise ValueError(f"{key!r} file {path} claims {voxels} voxels, more than max_voxels={self.max_voxels}; "
+                                 "raise max_voxels if the image is real.")
             try:
                 img = self._loader(path, reader or self.readers[image_format(path)])
             except Exception as err:

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 from monai.transforms import Compose
 
 from .data import build_cxr_datalist, build_hcp_datalist, build_oct_datalist, build_sksbks_datalist, folder_datalist
-from .sources import AsOwnGridd
+from .sources import DEFAULT_MAX_VOXELS, AsOwnGridd
 from .transforms import image_transforms, mri_transforms
 
 __all__ = ["TASKS", "TASK_CLASSES", "task_num_classes", "task_class_names", "task_datalist", "task_transforms",
@@ -67,16 +67,17 @@ def task_datalist(task: str, cache_dir: os.PathLike, dataset_dir: Optional[os.Pa
     return builder(dataset_dir, seed=seed, output_json=output_json, **kwargs)
 
 
-def task_transforms(task: str, size: int, evaluation: bool = False) -> Compose:
+def task_transforms(task: str, size: int, evaluation: bool = False, max_voxels: int = DEFAULT_MAX_VOXELS) -> Compose:
     """The task's chain at ``size^2``. ``evaluation=False``: what its splits are built with (for SKS/BKS, the
     augmentation and the signal drawn per entry). ``evaluation=True``: the deterministic chain for one ``image`` of
-    any format, no augmentation, no signal, its MetaTensor record kept so maps can be put back on its grid."""
+    any format, no augmentation, no signal, its MetaTensor record kept so maps can be put back on its grid.
+    ``max_voxels``: files whose header claims more are refused before loading."""
     _check(task)
     if task.startswith("sksbks"):
         if evaluation:
-            return mri_transforms(size=size, augment=False, signal=False, track_meta=True)
-        return mri_transforms(size=size)
-    return image_transforms(size=size, track_meta=evaluation)
+            return mri_transforms(size=size, augment=False, signal=False, track_meta=True, max_voxels=max_voxels)
+        return mri_transforms(size=size, max_voxels=max_voxels)
+    return image_transforms(size=size, track_meta=evaluation, max_voxels=max_voxels)
 
 
 def inference_datalist(task: str, dataset_dir: Optional[os.PathLike], cache_dir: os.PathLike, n_images: int = 16,
@@ -96,10 +97,11 @@ def inference_datalist(task: str, dataset_dir: Optional[os.PathLike], cache_dir:
     return [dict(e, name=f"{Path(e['image']).name.split('.')[0]}_seed{e['seed']}") for e in entries]
 
 
-def inference_transforms(task: str, size: int, dataset_dir: Optional[os.PathLike]) -> Compose:
+def inference_transforms(task: str, size: int, dataset_dir: Optional[os.PathLike],
+                         max_voxels: int = DEFAULT_MAX_VOXELS) -> Compose:
     """The chain matching :func:`inference_datalist`: a user's files through the task's deterministic chain
     (:func:`task_transforms` with ``evaluation=True``), or the default's synthetic test images as built for
     evaluation, each presented as its own grid (it has no source file)."""
     if dataset_dir is not None:
-        return task_transforms(task, size, evaluation=True)
-    return Compose([task_transforms(task, size), AsOwnGridd("image")])
+        return task_transforms(task, size, evaluation=True, max_voxels=max_voxels)
+    return Compose([task_transforms(task, size, max_voxels=max_voxels), AsOwnGridd("image")])

@@ -43,7 +43,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor
 
-from .sources import EnsureSpatialDimsd, LoadImageCheckedd, RowsColumnsd, is_dicom_file
+from .sources import DEFAULT_MAX_VOXELS, EnsureSpatialDimsd, LoadImageCheckedd, RowsColumnsd, is_dicom_file
 
 __all__ = ["gaussian_blob", "InsertGaussianSignal", "InsertGaussianSignald", "SIGNAL_KEYS", "EnsureGrayscale",
            "EnsureGrayscaled", "InvertMonochrome1", "InvertMonochrome1d", "PerSampleSeedd", "image_transforms",
@@ -272,26 +272,30 @@ class PerSampleSeedd(Transform, ThreadUnsafe):
         return self.compose(dict(data))
 
 
-def _source_steps(keys: Sequence[str], spatial_dims: int = 2) -> List[Transform]:
+def _source_steps(keys: Sequence[str], spatial_dims: int = 2, max_voxels: int = DEFAULT_MAX_VOXELS
+                  ) -> List[Transform]:
     """Read any image file the way the models were trained to see it: keep the first key's source path under
     ``<key>_path`` (output names), load (NIfTI, PNG / JPEG, DICOM; errors name the file), drop singleton axes and
     refuse volumes or NaN (:class:`~scripts.sources.EnsureSpatialDimsd`), rows x columns for 2D PNG / JPEG / DICOM,
-    MONOCHROME1 inverted, one gray channel. A list, not a nested ``Compose``: ``CacheDataset`` stops caching at a
+    MONOCHROME1 inverted, one gray channel; a header claiming more than ``max_voxels`` is refused before loading. A
+    list, not a nested ``Compose``: ``CacheDataset`` stops caching at a
     ``Compose`` (it counts as random)."""
-    steps = [CopyItemsd(keys=keys[0], names=f"{keys[0]}_path"), LoadImageCheckedd(keys=list(keys)),
+    steps = [CopyItemsd(keys=keys[0], names=f"{keys[0]}_path"),
+             LoadImageCheckedd(keys=list(keys), max_voxels=max_voxels),
              EnsureSpatialDimsd(keys, spatial_dims=spatial_dims)]
     if spatial_dims == 2:
         steps.append(RowsColumnsd(keys))
     return steps + [InvertMonochrome1d(keys[:1]), EnsureGrayscaled(keys[:1])]
 
 
-def image_transforms(size: int = 256, keys: Sequence[str] = ("image",), track_meta: bool = False) -> Compose:
+def image_transforms(size: int = 256, keys: Sequence[str] = ("image",), track_meta: bool = False,
+                     max_voxels: int = DEFAULT_MAX_VOXELS) -> Compose:
     """2D images of the OCT and CXR tasks (PNG / JPEG, DICOM, NIfTI): read as shown (DICOM rescale slope /
     intercept applied, MONOCHROME1 inverted, colour to BT.601 luma), resize to ``size^2`` (area), scale to [0, 1].
     Deterministic; with ``track_meta`` the output keeps its MetaTensor record, so ``Invertd`` can put maps back on
     the source's grid."""
     return Compose([
-        *_source_steps(keys),
+        *_source_steps(keys, max_voxels=max_voxels),
         Resized(keys, spatial_size=(size, size), mode="area"),
         ScaleIntensityd(keys, minv=0.0, maxv=1.0),
         EnsureTyped(keys, track_meta=track_meta),
@@ -310,8 +314,8 @@ def cxr_transforms(size: int = 256, keys: Sequence[str] = ("image",), track_meta
 
 def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True, signal: bool = True,
                    prob: float = 0.5, amplitude_range: Tuple[float, float] = (0.1, 0.35),
-                   sigma: Optional[Range] = None, seed_key: Optional[str] = "seed", track_meta: bool = False
-                   ) -> Compose:
+                   sigma: Optional[Range] = None, seed_key: Optional[str] = "seed", track_meta: bool = False,
+                   max_voxels: int = DEFAULT_MAX_VOXELS) -> Compose:
     """SKS/BKS MRI: a NIfTI slice (2D) or volume (3D) and its binary white-matter mask -> normalized image with, in
     about ``prob`` of the samples, one Gaussian signal inside the (augmented) white matter.
 
@@ -348,7 +352,7 @@ def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True,
         random_steps.append(InsertGaussianSignald(keys="image", mask_key="mask", label_key="label", prob=prob,
                                                   amplitude_range=amplitude_range, sigma=sigma or size / 24))
     steps = [
-        *_source_steps(keys, spatial_dims),
+        *_source_steps(keys, spatial_dims, max_voxels),
         Resized(keys, spatial_size=size, size_mode="longest", mode=("area", "nearest")[:len(keys)]),
         ResizeWithPadOrCropd(keys, spatial_size=spatial),
         ScaleIntensityRangePercentilesd("image", lower=0.0, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
