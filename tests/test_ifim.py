@@ -298,3 +298,34 @@ def test_result_indexing_keeps_the_batch_dimension():
         part = result[index]
         for name, value in part.to_dict().items():
             assert torch.equal(value, getattr(result, name)[rows]), (index, name)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 5, None])
+def test_chunks_give_the_whole_batch_result(chunk_size):
+    """Images do not interact in eval mode: any chunking returns the batch's decomposition."""
+    model, x = _model_and_input(3, shape=(5, 1, 8, 8), seed=16, logit_scale=3.0)
+    whole = ifim_decompose(model, x, chunk_size=5)
+    part = ifim_decompose(model, x, chunk_size=chunk_size)
+    for name, value in whole.to_dict().items():
+        torch.testing.assert_close(getattr(part, name), value, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="chunk_size must be a positive number"):
+        ifim_decompose(model, x, chunk_size=0)
+
+
+def test_auto_chunk_size_keeps_a_chunks_activations_within_the_cache(monkeypatch):
+    import scripts.ifim as ifim_module
+    from scripts.networks import ShallowCNN
+
+    model = ShallowCNN(2, 1, 2, channels=(4, 8, 8))
+    x = torch.zeros(64, 1, 32, 32)
+    per_image = ifim_module.activation_bytes(model, x)
+    # conv 4x32^2 + relu + pool 4x16^2 + conv 8x16^2 + relu + pool 8x8^2 + conv 8x8^2 + relu + pool + linear, float32
+    assert per_image == 4 * (2 * 4 * 1024 + 4 * 256 + 2 * 8 * 256 + 8 * 64 + 2 * 8 * 64 + 8 + 2)
+    monkeypatch.setattr(ifim_module, "last_level_cache_bytes", lambda: 10 * per_image + 1)
+    assert ifim_module.auto_chunk_size(model, x) == 10
+    assert ifim_module.auto_chunk_size(model, x[:4]) == 4
+    monkeypatch.setattr(ifim_module, "last_level_cache_bytes", lambda: 1)
+    assert ifim_module.auto_chunk_size(model, x) == 1
+    volume_model = ShallowCNN(3, 1, 2, channels=(4, 8, 8))
+    assert ifim_module.auto_chunk_size(volume_model, torch.zeros(4, 1, 8, 8, 8)) == ifim_module.MIN_3D_CHUNK
+    assert ifim_module.auto_chunk_size(lambda z: z.flatten(1)[:, :2], x) == 64  # activations unseen: one pass

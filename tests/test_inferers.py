@@ -57,16 +57,15 @@ def test_inferer_returns_the_decomposition_and_selects_the_logits():
         IFIMInferer(output_key="logits")(x, _Tupled(net, as_dict=True))
 
 
-class _FailsOnCall(nn.Module):
-    """Fails on its ``fail_at``-th forward pass: a crash in the middle of a run."""
+class _FailsOnMarkedImage(nn.Module):
+    """Fails on a batch holding an image marked by a first pixel of -1: a crash in the middle of a run."""
 
-    def __init__(self, net, fail_at):
+    def __init__(self, net):
         super().__init__()
-        self.net, self.fail_at, self.calls = net, fail_at, 0
+        self.net = net
 
     def forward(self, x):
-        self.calls += 1
-        if self.calls == self.fail_at:
+        if bool((x.reshape(len(x), -1)[:, 0] == -1).any()):
             raise RuntimeError("simulated crash")
         return self.net(x)
 
@@ -117,9 +116,11 @@ def test_pipeline_writes_maps_rows_and_figures_that_match_the_engine(tmp_path):
 
 def test_a_crash_keeps_the_rows_of_finished_batches(tmp_path):
     torch.manual_seed(2)
-    net = _FailsOnCall(ShallowCNN(2, 1, 2, channels=(4, 8, 8)), fail_at=3)
+    net = _FailsOnMarkedImage(ShallowCNN(2, 1, 2, channels=(4, 8, 8)))
+    images = [torch.rand(1, 16, 16) for _ in range(7)]
+    images[4][0, 0, 0] = -1  # in the third batch of two
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _pipeline(net, [torch.rand(1, 16, 16) for _ in range(7)], tmp_path).run()
+        _pipeline(net, images, tmp_path).run()
     rows = list(csv.DictReader((tmp_path / "ifim.csv").open()))
     assert [r["name"] for r in rows] == ["sub/img0", "sub/img1", "sub/img2", "sub/img3"]  # batches 1 and 2
     assert not (tmp_path / "run.json").exists()  # an unfinished run is marked by its missing summary
