@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 from typing import Dict, Iterable, Optional
 
 import nibabel as nib
 import numpy as np
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -107,3 +109,28 @@ def make_hcp(root: Path, subjects: Iterable[str], shape=(24, 28, 20), seed: int 
         else:
             write_nifti(folder / "wm_prob.nii.gz", np.isin(labels, (2, 41)).astype(np.float32) * 0.9)
     return root
+
+
+def make_scan_folder(root: Path) -> dict:
+    """A user's folder: the acceptance set of the 'your own images' issue, a slice stored as (H, W, 1), a DICOM
+    without suffix, and files the model cannot take. Returns {name: expected reason or None}."""
+    rng = np.random.RandomState(0)
+    yy, xx = np.mgrid[:48, :40]
+    picture = 60 + 120 * np.exp(-((yy - 14) ** 2 + (xx - 12) ** 2) / 40.0) + 50 * xx / 40 + rng.rand(48, 40)
+    affine = np.array([[0, -0.8, 0, 10], [0.7, 0, 0, -5], [0, 0, 2.5, 30], [0, 0, 0, 1.0]])
+    write_gray(root / "gray.png", picture)
+    (root / "color").mkdir(parents=True)
+    Image.fromarray(np.stack([picture, picture[::-1], picture], -1).astype(np.uint8)).save(root / "color" / "rgb.jpg")
+    write_nifti(root / "mri" / "axial.nii.gz", picture.astype(np.float32), affine=affine)
+    write_nifti(root / "mri" / "slab.nii.gz", picture.T[..., None].astype(np.float32), affine=affine)
+    shutil.copy(get_testdata_file("MR_small.dcm"), root / "MR_small.dcm")
+    write_dicom(root / "dicom" / "IM0001", (picture * 10).astype(np.uint16), monochrome1=True)
+    write_gray(root / "case.a.png", picture)
+    write_gray(root / "case.b.png", picture[::-1])
+    write_nifti(root / "mri" / "volume.nii.gz", rng.rand(10, 12, 14).astype(np.float32))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "README.txt").write_text("not an image")
+    good = ["MR_small.dcm", "case.a.png", "case.b.png", "color/rgb.jpg", "dicom/IM0001", "gray.png",
+            "mri/axial.nii.gz", "mri/slab.nii.gz"]
+    return {**{name: None for name in good}, "broken.jpg": "cannot read 'image' file",
+            "mri/volume.nii.gz": "is a volume or multi-frame series"}

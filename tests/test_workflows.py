@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from fake_datasets import make_scan_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
 EVALUATE = "['bundle/configs/train.yaml','bundle/configs/evaluate.yaml']"  # evaluate is an overlay on train
@@ -207,38 +209,6 @@ def test_seed_stamp_changes_with_the_recipe_and_the_architecture(tmp_path, monke
     assert workflows.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2) != changed_recipe
 
 
-def _scan_folder(root: Path) -> dict:
-    """A user's folder: the acceptance set of the 'your own images' issue, a slice stored as (H, W, 1), a DICOM
-    without suffix, and files the model cannot take. Returns {name: expected reason or None}."""
-    import shutil
-
-    from PIL import Image
-    from pydicom.data import get_testdata_file
-
-    from fake_datasets import write_dicom, write_gray, write_nifti
-
-    rng = np.random.RandomState(0)
-    yy, xx = np.mgrid[:48, :40]
-    picture = 60 + 120 * np.exp(-((yy - 14) ** 2 + (xx - 12) ** 2) / 40.0) + 50 * xx / 40 + rng.rand(48, 40)
-    affine = np.array([[0, -0.8, 0, 10], [0.7, 0, 0, -5], [0, 0, 2.5, 30], [0, 0, 0, 1.0]])
-    write_gray(root / "gray.png", picture)
-    (root / "color").mkdir(parents=True)
-    Image.fromarray(np.stack([picture, picture[::-1], picture], -1).astype(np.uint8)).save(root / "color" / "rgb.jpg")
-    write_nifti(root / "mri" / "axial.nii.gz", picture.astype(np.float32), affine=affine)
-    write_nifti(root / "mri" / "slab.nii.gz", picture.T[..., None].astype(np.float32), affine=affine)
-    shutil.copy(get_testdata_file("MR_small.dcm"), root / "MR_small.dcm")
-    write_dicom(root / "dicom" / "IM0001", (picture * 10).astype(np.uint16), monochrome1=True)
-    write_gray(root / "case.a.png", picture)
-    write_gray(root / "case.b.png", picture[::-1])
-    write_nifti(root / "mri" / "volume.nii.gz", rng.rand(10, 12, 14).astype(np.float32))
-    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    (root / "README.txt").write_text("not an image")
-    good = ["MR_small.dcm", "case.a.png", "case.b.png", "color/rgb.jpg", "dicom/IM0001", "gray.png",
-            "mri/axial.nii.gz", "mri/slab.nii.gz"]
-    return {**{name: None for name in good}, "broken.jpg": "cannot read 'image' file",
-            "mri/volume.nii.gz": "is a volume or multi-frame series"}
-
-
 def test_inference_on_a_folder_of_a_users_scans(trained, tmp_path):
     """--dataset_dir: one row and one map set per readable file, each map on its file's own grid; unreadable files
     skipped with their reason; nothing already in OUT touched; a rerun writes a new run folder."""
@@ -249,7 +219,7 @@ def test_inference_on_a_folder_of_a_users_scans(trained, tmp_path):
 
     _, _, ckpt = trained
     scans, out = tmp_path / "scans", tmp_path / "out"
-    expected = _scan_folder(scans)
+    expected = make_scan_folder(scans)
     out.mkdir()
     (out / "thesis.tex").write_text("mine")
     args = ["run", "inference", "--config_file", "bundle/configs/inference.yaml", "--ckpt_path", ckpt,

@@ -32,6 +32,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from torch import nn
 
+from . import distributed
 from .atomic import append_csv_rows, atomic_write, write_csv
 from .ifim import ifim_decompose
 from .metrics import perturbation_scores, perturbed_predictions
@@ -82,11 +83,14 @@ class IFIMCSVSaver:
     """The table of an iFIM inference run, for an evaluator whose inferer is ``IFIMInferer`` and whose
     postprocessing flattened its output (``FlattenSubKeysd(keys="pred")``).
 
-    * ``ifim.csv``: one row per input, appended when its batch finishes (a crash keeps the rows done): ``name``,
-      ``source`` (the file read), ``label`` when the data carry one, ``predicted`` (index) and ``predicted_class``,
-      ``p_<c>`` per output, ``lambda_<i>`` (descending iFIM eigenvalues), ``rank`` and ``k``.
-    * ``skipped.csv`` at the end, when some input was not analysed (the engine's ``SkippingDataset`` left it out):
-      ``name``, ``source``, ``reason``.
+    * ``ifim.csv``: one row per input: ``name``, ``source`` (the file read), ``label`` when the data carry one,
+      ``predicted`` (index) and ``predicted_class``, ``p_<c>`` per output, ``lambda_<i>`` (descending iFIM
+      eigenvalues), ``rank`` and ``k``. Rows are appended as each batch finishes (a crash keeps the rows done); at
+      the end the file is rewritten in ``datalist`` order, so it does not depend on loader workers or processes.
+      Under ``torchrun`` each rank appends to ``ifim.rank<r>.csv`` and rank 0 writes ``ifim.csv`` from all of
+      them at the end (the part files are then removed): the same file one process writes.
+    * ``skipped.csv`` at the end, when some input of ``datalist`` was not analysed (the ``SkippingDataset`` left it
+      out): ``name``, ``source``, ``reason``.
     * ``run.json`` at the end: ``context`` (what ran), counts and seconds. Its presence marks a finished run.
 
     The run fails at its end, naming the reasons' file, when no input could be analysed.
@@ -94,22 +98,33 @@ class IFIMCSVSaver:
     Args:
         output_dir: the run's folder.
         class_names: output names for ``predicted_class``; default the indices.
+        datalist: every input of the run (all ranks), in the order of the final table; default the engine's
+            dataset's ``data``.
         context: settings recorded in ``run.json``.
         name_key, source_key, label_key: keys of each input's name, source path and (optional) label.
     """
 
     def __init__(self, output_dir: os.PathLike, class_names: Optional[Sequence[str]] = None,
-                 context: Optional[Mapping[str, Any]] = None, name_key: str = "name", source_key: str = "image_path",
-                 label_key: str = "label", csv_name: str = "ifim.csv"):
+                 datalist: Optional[Sequence[Mapping]] = None, context: Optional[Mapping[str, Any]] = None,
+                 name_key: str = "name", source_key: str = "image_path", label_key: str = "label",
+                 csv_name: str = "ifim.csv"):
         self.output_dir = Path(output_dir)
         self.class_names = None if class_names is None else list(class_names)
+        self.datalist = None if datalist is None else list(datalist)
         self.context = dict(context or {})
         self.name_key, self.source_key, self.label_key, self.csv_name = name_key, source_key, label_key, csv_name
         self.header: Optional[List[str]] = None
         self.names: List[str] = []
         self.has_label = False
-        self.done: List[str] = []
+        self.rows: Dict[str, list] = {}
         self.started = 0.0
+
+    @property
+    def part_path(self) -> Path:
+        """Where this process appends its rows during the run."""
+        if distributed.world_size() == 1:
+            return self.output_dir / self.csv_name
+        return self.output_dir / f"{Path(self.csv_name).stem}.rank{distributed.rank()}.csv"
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._start)
@@ -117,7 +132,7 @@ class IFIMCSVSaver:
         engine.add_event_handler(Events.COMPLETED, self._finish)
 
     def _start(self, engine: Engine) -> None:
-        self.header, self.done, self.started = None, [], time.time()
+        self.header, self.rows, self.started = None, {}, time.time()
 
     def _items(self, engine: Engine) -> List[dict]:
         outputs = engine.state.output
@@ -140,31 +155,48 @@ class IFIMCSVSaver:
         for item in items:
             probs = _values(item["probs"])
             predicted = int(np.argmax(probs))
-            rows.append([item[self.name_key], item.get(self.source_key, "")]
-                        + ([int(_values(item[self.label_key])[0])] if self.has_label else [])
-                        + [predicted, self.names[predicted]] + [f"{p:.6g}" for p in probs]
-                        + [f"{v:.6g}" for v in _values(item["eigenvalues"])]
-                        + [int(_values(item["rank"])[0]), int(_values(item["k"])[0])])
-            self.done.append(str(item[self.name_key]))
-        append_csv_rows(self.output_dir / self.csv_name, self.header, rows)
+            row = ([item[self.name_key], item.get(self.source_key, "")]
+                   + ([int(_values(item[self.label_key])[0])] if self.has_label else [])
+                   + [predicted, self.names[predicted]] + [f"{p:.6g}" for p in probs]
+                   + [f"{v:.6g}" for v in _values(item["eigenvalues"])]
+                   + [int(_values(item["rank"])[0]), int(_values(item["k"])[0])])
+            self.rows[str(item[self.name_key])] = row
+            rows.append(row)
+        append_csv_rows(self.part_path, self.header, rows)
 
     def _finish(self, engine: Engine) -> None:
         dataset = getattr(getattr(engine, "data_loader", None), "dataset", None)
-        done = set(self.done)
-        skipped = [entry for entry in getattr(dataset, "data", []) if str(entry.get(self.name_key)) not in done]
+        datalist = self.datalist if self.datalist is not None else list(getattr(dataset, "data", []))
+        parts = distributed.gather_objects((self.header, self.rows))
+        header = next((h for h, _ in parts if h is not None), None)
+        rows = {name: row for _, part in parts for name, row in part.items()}
+        if distributed.is_main():
+            self._write(header, rows, datalist, dataset)
+        distributed.barrier()
+        if distributed.world_size() > 1:
+            self.part_path.unlink(missing_ok=True)  # now in ifim.csv
+        if not rows:
+            raise RuntimeError(f"none of the {len(datalist)} inputs could be analysed; reasons in "
+                               f"{self.output_dir / 'skipped.csv'}")
+
+    def _write(self, header: Optional[List[str]], rows: Mapping[str, list], datalist: Sequence[Mapping],
+               dataset: Any) -> None:
+        order = [str(entry.get(self.name_key)) for entry in datalist]
+        if header is not None:
+            listed = set(order)
+            ordered = [rows[name] for name in order if name in rows] + [r for n, r in rows.items() if n not in listed]
+            write_csv(self.output_dir / self.csv_name, header, ordered)
+        skipped = [entry for entry in datalist if str(entry.get(self.name_key)) not in rows]
         if skipped:
             failure = getattr(dataset, "failure", lambda entry: None)
-            rows = [[e.get(self.name_key), e.get("image", ""), failure(e) or "not analysed"] for e in skipped]
-            write_csv(self.output_dir / "skipped.csv", ["name", "source", "reason"], rows)
-            logger.warning("%d of %d inputs were skipped; reasons in %s", len(rows), len(rows) + len(done),
+            reasons = [[e.get(self.name_key), e.get("image", ""), failure(e) or "not analysed"] for e in skipped]
+            write_csv(self.output_dir / "skipped.csv", ["name", "source", "reason"], reasons)
+            logger.warning("%d of %d inputs were skipped; reasons in %s", len(skipped), len(datalist),
                            self.output_dir / "skipped.csv")
-        summary = {**self.context, "analysed": len(done), "skipped": len(skipped),
-                   "seconds": round(time.time() - self.started, 3)}
+        summary = {**self.context, "analysed": len(rows), "skipped": len(skipped), "processes":
+                   distributed.world_size(), "seconds": round(time.time() - self.started, 3)}
         with atomic_write(self.output_dir / "run.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2, default=str))
-        if not done:
-            raise RuntimeError(f"none of the {len(skipped)} inputs could be analysed; reasons in "
-                               f"{self.output_dir / 'skipped.csv'}")
 
 
 class IFIMHandler:

@@ -1,0 +1,82 @@
+"""torchrun with 2 CPU processes (gloo) gives what one process gives: the multi_gpu_*.yaml overlays."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from fake_datasets import make_scan_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+INFERENCE = "['bundle/configs/inference.yaml','bundle/configs/multi_gpu_inference.yaml']"
+TRAIN = "['bundle/configs/train.yaml','bundle/configs/multi_gpu_train.yaml']"
+
+
+def _run(args, processes=1):
+    """``python -m monai.bundle ...`` in one process, or under ``torchrun --nproc_per_node processes``."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    command = (launcher if processes > 1 else [sys.executable]) + ["-m", "monai.bundle", *map(str, args)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # two processes on two cores
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, f"{' '.join(command)} failed:\n{run.stderr[-3000:]}"
+    return run
+
+
+def _run_folder(out: Path) -> Path:
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    return folder
+
+
+def _rows(folder: Path, name: str = "ifim.csv"):
+    return list(csv.DictReader((folder / name).open()))
+
+
+def test_inference_with_two_processes_writes_what_one_process_writes(tmp_path):
+    scans = tmp_path / "scans"
+    make_scan_folder(scans)
+    common = ["run", "inference", "--dataset_dir", scans, "--batch_size", 2]
+    _run([*common, "--config_file", "bundle/configs/inference.yaml", "--output_dir", tmp_path / "one"])
+    _run([*common, "--config_file", INFERENCE, "--output_dir", tmp_path / "two"], processes=2)
+    one, two = _run_folder(tmp_path / "one"), _run_folder(tmp_path / "two")
+    rows_one, rows_two = _rows(one), _rows(two)
+    assert [r["name"] for r in rows_two] == [r["name"] for r in rows_one] and len(rows_one) == 8
+    for a, b in zip(rows_one, rows_two):
+        assert {k: v for k, v in a.items() if not k.startswith(("p_", "lambda_"))} == \
+               {k: v for k, v in b.items() if not k.startswith(("p_", "lambda_"))}
+        for key in (k for k in a if k.startswith(("p_", "lambda_"))):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5, abs=1e-12), (a["name"], key)
+    assert _rows(one, "skipped.csv") == _rows(two, "skipped.csv")
+    files_one = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file()) == files_one  # no part files left
+    for path in (p for p in files_one if p.name.endswith(".nii.gz")):
+        a, b = nib.load(str(one / path)), nib.load(str(two / path))
+        assert a.shape == b.shape and np.allclose(a.affine, b.affine)
+        np.testing.assert_allclose(b.get_fdata(), a.get_fdata(), rtol=1e-5, atol=1e-6)
+    summary_one, summary_two = (json.loads((f / "run.json").read_text()) for f in (one, two))
+    assert (summary_two["analysed"], summary_two["skipped"], summary_two["processes"]) == (8, 2, 2)
+    assert (summary_one["analysed"], summary_one["skipped"], summary_one["processes"]) == (8, 2, 1)
+
+
+def test_one_ddp_epoch_equals_one_process_with_the_global_batch(tmp_path):
+    """2 processes x 8 images per step, gradients averaged by DDP, give the parameters of one process taking the
+    same 16 images per step (DistributedSampler's shares, unshuffled, are the global batch's halves)."""
+    common = ["run", "--counts", "[32, 8, 8]", "--max_epochs", 1, "--cache_dir", tmp_path / "cache"]
+    _run([*common, "--config_file", "bundle/configs/train.yaml", "--batch_size", 16,
+          "--train#dataloader#shuffle", "False", "--output_dir", tmp_path / "one", "--log_dir", tmp_path / "logs1"])
+    _run([*common, "--config_file", TRAIN, "--batch_size", 8, "--train#sampler#shuffle", "False",
+          "--output_dir", tmp_path / "two", "--log_dir", tmp_path / "logs2"], processes=2)
+    one = torch.load(tmp_path / "one" / "model.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "model.pt", weights_only=True)
+    assert set(two) == set(one)  # saved without DDP's "module." prefix
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-5)
+    assert json.loads((tmp_path / "two" / "model.json").read_text())["task"] == "sksbks"
