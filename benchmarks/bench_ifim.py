@@ -5,9 +5,10 @@
     python benchmarks/bench_ifim.py --device cuda
 
 Prints a table and writes JSON (default ``benchmarks/results/bench_ifim.json``). Times are medians over
-``--repeats`` rounds after one warm-up; within a round the methods alternate, so the ratios compare like with
-like. The target: ifim time <= 1.10 x (C - 1) x the fastest way to compute one saliency map, and never slower
-than the naive loop.
+``--repeats`` rounds after one warm-up; the ratios are also given from each method's fastest round (in
+parentheses), the figure least disturbed by other work on a shared machine. Within a round the methods alternate,
+in an order rotated each round, so the ratios compare like with like. The target: ifim time <= 1.10 x (C - 1) x
+the fastest way to compute one saliency map, and never slower than the naive loop.
 
 * ``vanilla``, ``vanilla_1``, ``vanilla_auto``: one saliency map, the gradient of log p_predicted w.r.t. the
   images (1 forward + 1 backward), for the whole batch at once, image by image, and in the chunks
@@ -125,19 +126,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_methods(fns: Dict[str, Callable[[], object]], repeats: int, device: torch.device) -> Dict[str, float]:
-    """Median seconds per call. Methods alternate within each round, so drift of a noisy machine hits all alike."""
+def time_methods(fns: Dict[str, Callable[[], object]], repeats: int,
+                 device: torch.device) -> Dict[str, Dict[str, float]]:
+    """Median and fastest seconds per call (``{"median": {name: s}, "min": {name: s}}``). Methods alternate within
+    each round, in an order rotated from round to round, so drift of a noisy machine and the after-effects of one
+    method on the next hit all alike; the minimum is the run least disturbed by other work on the machine."""
     for fn in fns.values():  # warm-up
         fn()
     sync(device)
     times: Dict[str, List[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for round_ in range(repeats):
+        # rotate the order each round: no method always runs right after the allocation-heavy naive loop
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
             start = time.perf_counter()
-            fn()
+            fns[name]()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return dict(median={name: statistics.median(t) for name, t in times.items()},
+                min={name: min(t) for name, t in times.items()})
 
 
 def peak_memory_mib(case: Dict, method: str, device: torch.device) -> float:
@@ -171,25 +178,29 @@ def main() -> None:
     device = torch.device(args.device)
     rows = []
     header = (f"{'case':<24}{'chunk':>6}{'ifim img/s':>11}{'best vanilla img/s':>19}{'naive img/s':>12}"
-              f"{'ifim/((C-1)*van)':>18}{'naive/ifim':>11}{'peak MiB ifim/van/naive':>25}")
+              f"{'ifim/((C-1)*van) (min)':>23}{'naive/ifim (min)':>17}{'peak MiB ifim/van/naive':>25}")
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
     print(header)
     for case in quick_cases() if args.quick else full_cases():
         model, x = build(case, device)
-        seconds = time_methods({m: run_method(m, model, x) for m in METHODS}, args.repeats, device)
+        timed = time_methods({m: run_method(m, model, x) for m in METHODS}, args.repeats, device)
+        seconds, fastest = timed["median"], timed["min"]
         memory = {m: None if args.no_memory else peak_memory_mib(case, m, device) for m in MEMORY_METHODS}
         best_vanilla = min(VANILLA, key=lambda m: seconds[m])
         ratio = seconds["ifim"] / ((case["classes"] - 1) * seconds[best_vanilla])
+        ratio_min = fastest["ifim"] / ((case["classes"] - 1) * min(fastest[m] for m in VANILLA))
         chunk = auto_chunk_size(model, x)
-        row = dict(case=case_name(case), **case, chunk=chunk, seconds=seconds,
+        row = dict(case=case_name(case), **case, chunk=chunk, seconds=seconds, fastest_seconds=fastest,
                    images_per_s={m: case["batch"] / s for m, s in seconds.items()}, best_vanilla=best_vanilla,
-                   ifim_over_cm1_vanilla=ratio, naive_over_ifim=seconds["naive"] / seconds["ifim"],
-                   peak_mib=memory)
+                   ifim_over_cm1_vanilla=ratio, ifim_over_cm1_vanilla_min=ratio_min,
+                   naive_over_ifim=seconds["naive"] / seconds["ifim"],
+                   naive_over_ifim_min=fastest["naive"] / fastest["ifim"], peak_mib=memory)
         rows.append(row)
         mem = "/".join("-" if memory[m] is None else f"{memory[m]:.0f}" for m in MEMORY_METHODS)
         ips = row["images_per_s"]
         print(f"{row['case']:<24}{chunk:>6}{ips['ifim']:>11.1f}{ips[best_vanilla]:>12.1f} ({best_vanilla[8:] or 'B'})"
-              f"{ips['naive']:>12.1f}{ratio:>18.3f}{row['naive_over_ifim']:>11.2f}{mem:>25}", flush=True)
+              f"{ips['naive']:>12.1f}{ratio:>11.3f} ({ratio_min:.3f}){row['naive_over_ifim']:>7.2f} "
+              f"({row['naive_over_ifim_min']:.2f}){mem:>25}", flush=True)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(torch=torch.__version__, device=str(device), threads=torch.get_num_threads(),
