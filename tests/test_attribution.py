@@ -35,15 +35,16 @@ def test_one_call_shape_and_model_left_as_it_was(shallow, method):
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcampp", "xgradcam", "scorecam", "vanilla_gradient", "eigencam",
-                                    "ifim_sensitive"])
+                                    "ifim_sensitive", "deepshap", "random"])
 def test_batch_with_mixed_targets_equals_single_images(shallow, method):
-    """MONAI's CAMs mix a batch's targets (and its GradCAM++ its scores); the wrapper must not."""
+    """MONAI's CAMs mix a batch's targets (and its GradCAM++ its scores); the wrapper must not. The seeded maps draw
+    per image, so an image's map does not depend on the other images of its batch either."""
     model, x = shallow
     batched = attribute(method, model, x, TARGETS)
     for i in range(4):
         single = attribute(method, model, x[i:i + 1], TARGETS[i:i + 1])
         torch.testing.assert_close(batched[i:i + 1], single, rtol=1e-4, atol=1e-5)
-    if method not in ("eigencam", "ifim_sensitive"):  # these two ignore the target
+    if method not in ("eigencam", "ifim_sensitive", "random"):  # these ignore the target
         assert not torch.allclose(batched, attribute(method, model, x, torch.zeros(4, dtype=torch.long)))
 
 
@@ -86,6 +87,18 @@ def test_random_and_deepshap_are_seeded(shallow):
     for method in ("random", "deepshap"):
         a, b = attribute(method, model, x, TARGETS, seed=3), attribute(method, model, x, TARGETS, seed=3)
         assert torch.equal(a, b) and not torch.equal(a, attribute(method, model, x, TARGETS, seed=4))
+
+
+def test_deepshap_background_is_the_given_set(shallow):
+    """GradientShap's baselines are the fixed background (default one all-zero image), never the batch."""
+    model, x = shallow
+    zeros = attribute("deepshap", model, x, TARGETS, seed=3)
+    torch.testing.assert_close(attribute("deepshap", model, x, TARGETS, seed=3, baselines=torch.zeros(1, 1, 24, 24)),
+                               zeros)
+    background = torch.rand(5, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(attribute("deepshap", model, x, TARGETS, seed=3, baselines=background), zeros)
+    with pytest.raises(ValueError, match="baselines"):
+        attribute("deepshap", model, x, TARGETS, baselines=torch.zeros(2, 1, 8, 8))
 
 
 def test_default_layers_and_errors():

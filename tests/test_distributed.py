@@ -19,6 +19,8 @@ from fake_datasets import make_scan_folder
 ROOT = Path(__file__).resolve().parents[1]
 INFERENCE = "['bundle/configs/inference.yaml','bundle/configs/multi_gpu_inference.yaml']"
 TRAIN = "['bundle/configs/train.yaml','bundle/configs/multi_gpu_train.yaml']"
+EVALUATE = "['bundle/configs/train.yaml','bundle/configs/evaluate.yaml']"
+EVALUATE_DDP = "['bundle/configs/train.yaml','bundle/configs/evaluate.yaml','bundle/configs/multi_gpu_evaluate.yaml']"
 
 
 def _run(args, processes=1):
@@ -80,3 +82,41 @@ def test_one_ddp_epoch_equals_one_process_with_the_global_batch(tmp_path):
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-5)
     assert json.loads((tmp_path / "two" / "model.json").read_text())["task"] == "sksbks"
+
+
+def _assert_close(a, b, path=""):
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for key in a:
+            _assert_close(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (u, v) in enumerate(zip(a, b)):
+            _assert_close(u, v, f"{path}/{i}")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-6, abs=1e-9), path
+    else:
+        assert a == b, path
+
+
+def test_evaluation_with_two_processes_reports_what_one_process_reports(tmp_path):
+    """The shipped model on 13 test images (shares of 7 and 6): the test metrics, the whole study and Table II of
+    two processes equal one process's. Table II's extra seed is trained by the two processes together (DDP), then
+    reused by the one-process run."""
+    common = ["run", "--counts", "[32, 8, 13]", "--cache_dir", tmp_path / "cache", "--output_dir", tmp_path / "eval",
+              "--table2_seeds", "[1]", "--table2_max_epochs", 1, "--shap_background_size", 4, "--batch_size", 4,
+              "--study_methods", "['ifim_sensitive','gradcam','deepshap','vanilla_gradient','random']"]
+    _run([*common, "--config_file", EVALUATE_DDP, "--report_dir", tmp_path / "two"], processes=2)
+    metrics_two = dict(csv.reader((tmp_path / "eval" / "metrics.csv").open()))
+    seed_checkpoint = tmp_path / "eval" / "seeds" / "seed1" / "model.pt"
+    trained = seed_checkpoint.stat().st_mtime_ns
+    _run([*common, "--config_file", EVALUATE, "--report_dir", tmp_path / "one"])
+    assert seed_checkpoint.stat().st_mtime_ns == trained  # reused, not retrained
+    metrics_one = dict(csv.reader((tmp_path / "eval" / "metrics.csv").open()))
+    assert set(metrics_two) == set(metrics_one) and "test_f1" in metrics_one
+    for key, value in metrics_one.items():
+        assert float(metrics_two[key]) == pytest.approx(float(value), rel=1e-6, nan_ok=True), key
+    one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two"))
+    assert one["study"]["n_images"] == 13 and [r["seed"] for r in one["table2"]["seeds"]] == [0, 1]
+    _assert_close(one, two)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())

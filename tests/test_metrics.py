@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine
+from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 from torch import nn
 
 from scripts.ifim import ifim_decompose
 from scripts.metrics import (
+    annotation_agreement,
+    classification_metric,
+    confusion_matrix,
     contrastive_perturbation,
     f1,
     fgsm,
+    image_seeds,
     mean_std,
     num_perturbed,
     pearson_per_image,
     perturbation_masks,
+    perturbed_predictions,
     precision_recall,
     random_pixel_mask,
     randomized_copy,
     replace_pixels,
+    scores_from_confusion,
     signal_localization,
     spearman_per_image,
 )
@@ -181,7 +190,11 @@ def test_signal_localization_known_disk():
     disk_area = 13 / 121  # lattice points with r^2 <= 4
     torch.testing.assert_close(result["area_fraction"], torch.full((3,), disk_area, dtype=torch.float64))
     torch.testing.assert_close(result["energy_fraction"], torch.tensor([1.0, 0.0, disk_area], dtype=torch.float64))
-    assert result["pointing_hit"].tolist() == [1.0, 0.0, 0.0]  # the even map peaks at (0, 0), outside
+    # the even map peaks everywhere: its hit is the share of its maxima inside, not a pick by position
+    torch.testing.assert_close(result["pointing_hit"], torch.tensor([1.0, 0.0, disk_area], dtype=torch.float64))
+    # AUROC, ties counting one half: 13 pixels inside, 108 outside
+    torch.testing.assert_close(result["auroc"], torch.tensor([1 / 13 + 0.5 * 12 / 13, 0.5 * 107 / 108, 0.5],
+                                                             dtype=torch.float64))
     ball = signal_localization(torch.ones(1, 1, 7, 7, 7), torch.tensor([[3.0, 3.0, 3.0]]), torch.tensor([0.5]))
     assert ball["area_fraction"][0] == pytest.approx(7 / 343)  # the centre and its 6 face neighbours
 
@@ -209,3 +222,91 @@ def test_precision_recall_and_mean_std():
     assert mean_std([0.5])["std"] == 0.0
     with pytest.raises(ValueError):
         mean_std([])
+
+
+def test_ties_are_broken_at_random_not_by_position():
+    """A map that is zero on most of the image (a CAM after its ReLU): its bottom set must spread over the zeros,
+    not take the first pixels in memory order (the top rows), and the draw follows the seed."""
+    cam = torch.zeros(2, 1, 64, 64)
+    cam[:, :, 40:48, 40:48] = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) + 0.1
+    _, bottom = perturbation_masks(cam, cam, alpha=0.02, seeds=torch.tensor([1, 2]))
+    rows = [mask[0].nonzero()[:, 0].double() for mask in bottom]
+    assert all(len(r) == 82 for r in rows)
+    assert all(r.mean() > 15 for r in rows)  # by position: every pixel in row 0 or 1, mean row < 1
+    assert not torch.equal(bottom[0], bottom[1])  # each image its own draw
+    again = perturbation_masks(cam, cam, alpha=0.02, seeds=torch.tensor([1, 2]))[1]
+    assert torch.equal(again, bottom)
+    assert not cam[bottom].any()  # still the lowest values
+    # ties at the top: a flat map's top set is a random one, spread over the image
+    top, _ = perturbation_masks(torch.ones(1, 1, 64, 64), torch.ones(1, 1, 64, 64), alpha=0.02, seeds=7)
+    assert top[0, 0].nonzero()[:, 0].double().mean() > 15
+    # without ties the seed changes nothing
+    distinct = torch.randperm(64 * 64, generator=torch.Generator().manual_seed(3)).view(1, 1, 64, 64).double()
+    assert torch.equal(perturbation_masks(distinct, distinct, 0.02, seeds=1)[0],
+                       perturbation_masks(distinct, distinct, 0.02, seeds=2)[0])
+
+
+def test_an_images_draws_do_not_depend_on_its_batch():
+    model = PixelModel()
+    x = torch.rand(5, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    saliency = torch.rand(5, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    seeds = image_seeds(x, 3)
+    assert torch.equal(image_seeds(x[2:4], 3), seeds[2:4]) and len(set(seeds.tolist())) == 5
+    assert not torch.equal(image_seeds(x, 4), seeds)
+    whole = perturbed_predictions(model, x, saliency, alphas=(0.1, 0.3), noise_mean=0.5, noise_std=0.25, seed=3)
+    for part in (slice(0, 2), slice(2, 5), slice(4, 5)):
+        alone = perturbed_predictions(model, x[part], saliency[part], alphas=(0.1, 0.3), noise_mean=0.5,
+                                      noise_std=0.25, seed=3)
+        assert all(torch.equal(alone[key], whole[key][part]) for key in whole)
+    assert torch.equal(random_pixel_mask(x, 0.2, seed=seeds)[1:3], random_pixel_mask(x[1:3], 0.2, seed=seeds[1:3]))
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 4])
+def test_scores_from_confusion_equal_scikit_learn(num_classes):
+    """Brute force: scikit-learn's precision / recall / F1 (class 1 for C = 2, macro otherwise, zero_division=0),
+    on random labels and on sets that leave a class never predicted or never present."""
+    rng = np.random.default_rng(num_classes)
+    average = "binary" if num_classes == 2 else "macro"
+    labels = None if num_classes == 2 else list(range(num_classes))
+    cases = [(rng.integers(0, num_classes, 50), rng.integers(0, num_classes, 50)),
+             (np.zeros(6, int), np.zeros(6, int)), (np.ones(6, int), np.zeros(6, int)),
+             (rng.integers(0, 2, 20), np.ones(20, int))]
+    for y_true, y_pred in cases:
+        scores = scores_from_confusion(confusion_matrix(y_true, y_pred, num_classes))
+        for name, fn in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score)):
+            expected = fn(y_true, y_pred, average=average, labels=labels, zero_division=0)
+            assert scores[name] == pytest.approx(expected), (name, y_true, y_pred)
+    with pytest.raises(ValueError, match="class 3"):
+        confusion_matrix([0, 3], [0, 1], 3)
+
+
+def test_classification_metric_over_batches_equals_scikit_learn():
+    rng = np.random.default_rng(0)
+    logits, labels = torch.tensor(rng.normal(size=(37, 3))), torch.tensor(rng.integers(0, 3, 37))
+    batches = [{"pred": logits[i:i + 8], "label": labels[i:i + 8, None]} for i in range(0, 37, 8)]
+    engine = Engine(lambda engine, batch: batch)
+    for name in ("precision", "recall", "f1"):
+        classification_metric(name, 3).attach(engine, name)
+    metrics = engine.run(batches).metrics
+    predicted = logits.argmax(1).numpy()
+    assert metrics["f1"] == pytest.approx(f1_score(labels.numpy(), predicted, average="macro"))
+    assert metrics["precision"] == pytest.approx(precision_score(labels.numpy(), predicted, average="macro"))
+    assert metrics["recall"] == pytest.approx(recall_score(labels.numpy(), predicted, average="macro"))
+
+
+def test_annotation_agreement_equals_brute_force():
+    """Brute force on random maps with ties: energy by a loop, AUROC by scikit-learn, pointing by counting maxima."""
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randint(0, 6, (4, 1, 9, 7), generator=generator).double()  # many ties
+    masks = torch.rand(4, 1, 9, 7, generator=generator) < 0.3
+    result = annotation_agreement(maps, masks)
+    for i in range(4):
+        values, region = maps[i].flatten().numpy(), masks[i].flatten().numpy()
+        assert result["energy_fraction"][i].item() == pytest.approx(values[region].sum() / values.sum())
+        assert result["area_fraction"][i].item() == pytest.approx(region.mean())
+        assert result["auroc"][i].item() == pytest.approx(roc_auc_score(region, values))
+        peaks = values == values.max()
+        assert result["pointing_hit"][i].item() == pytest.approx((peaks & region).sum() / peaks.sum())
+    with pytest.raises(ValueError, match="no pixel"):
+        annotation_agreement(maps, torch.zeros_like(masks))
+    assert math.isnan(annotation_agreement(maps[:1], torch.ones_like(masks[:1]))["auroc"].item())

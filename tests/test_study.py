@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -93,6 +94,39 @@ def test_examples_prefer_known_signals_and_max_images_truncates(batch, studied):
         AttributionStudy(("gradcam", "lime"))
     with pytest.raises(RuntimeError, match="no images"):
         AttributionStudy(("gradcam",)).compute()
+
+
+def _assert_close(a, b, path=""):
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for key in a:
+            _assert_close(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (u, v) in enumerate(zip(a, b)):
+            _assert_close(u, v, f"{path}/{i}")
+    else:
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12, nan_ok=True), path
+
+
+def test_shares_merged_equal_the_whole_whatever_the_batches(batch, studied):
+    """Strided shares (as torchrun's DistributedSampler deals them), studied one image per batch, sent through
+    pickle (as gathered from other processes) and merged, give the study of the whole batch: the same results and
+    the same figure examples."""
+    model, x, y, centers, sigmas = batch
+    whole_study, whole = studied
+    shares = []
+    for rows in ([0, 2, 4], [1, 3, 5]):
+        share = AttributionStudy(STUDY_MAPS, alphas=ALPHAS, noise_mean=0.5, noise_std=0.25, epsilon=0.05, seed=3,
+                                 n_examples=2)
+        for i in rows:
+            share.update(model, x[i:i + 1], y[i:i + 1], centers[i:i + 1], sigmas[i:i + 1])
+        shares.append(pickle.loads(pickle.dumps(share)))
+    shares[0].merge(shares[1:])
+    _assert_close(shares[0].compute(), whole)
+    assert [e["order"] for e in shares[0].examples] == [e["order"] for e in whole_study.examples]
+    for a, b in zip(shares[0].examples, whole_study.examples):
+        np.testing.assert_allclose(a["maps"]["ifim_sensitive"], b["maps"]["ifim_sensitive"], rtol=1e-9)
 
 
 def test_nan_mean_std_counts_undefined_values():

@@ -13,10 +13,14 @@ channel. Methods (:data:`METHODS`):
   2020) projects the activations on their first principal component (target-free); Score-CAM (Wang et al. 2020)
   weights channels by the softmax of the target probability of the input masked by each upsampled channel.
 * ``deepshap``: captum's ``GradientShap`` (expected gradients; DeepLiftShap refuses modules called twice, which
-  MONAI's ResNet blocks do with their activation). Baselines: an all-zero image and the batch mean image, with
-  Gaussian noise (``stdevs``) and ``n_samples`` draws, seeded.
+  MONAI's ResNet blocks do with their activation). Baselines: a fixed background set (``baselines``, e.g. training
+  images; default one all-zero image), with Gaussian noise (``stdevs``) and ``n_samples`` draws, run image by
+  image with each image's seed, so a map does not depend on the other images of its batch.
 * ``vanilla_gradient``: |grad_x log p_target(x)|.
-* ``random``: uniform noise, seeded: the control every method should beat.
+* ``random``: uniform noise, seeded per image: the control every method should beat.
+
+``seed`` is an integer, hashed with each image's values into per-image seeds
+(``scripts.metrics.image_seeds``), or ``(B,)`` per-image seeds.
 
 MONAI's CAMs (1.6.1) score ``logits[:, class_idx]``, which for a per-image ``class_idx`` tensor mixes the images'
 targets: images are grouped by target and each group gets an integer class. Its GradCAM++ also multiplies the
@@ -42,6 +46,7 @@ from monai.visualize.class_activation_maps import ModelWithHooks, default_upsamp
 from torch import nn
 
 from .ifim import ifim_decompose
+from .metrics import Seeds, per_image_seeds
 
 __all__ = ["METHODS", "attribute", "ifim_maps", "default_cam_layer", "unit_range"]
 
@@ -144,12 +149,17 @@ def _scorecam(model: nn.Module, layer: str, x: torch.Tensor, cls: int, chunk: in
 
 
 def _deepshap(model: nn.Module, x: torch.Tensor, target: torch.Tensor, n_samples: int, stdevs: float,
-              seed: int) -> torch.Tensor:
-    baselines = torch.cat([torch.zeros_like(x[:1]), x.mean(0, keepdim=True)]).detach()
-    with _seeded(seed):
-        attributions = GradientShap(model).attribute(x.detach(), baselines=baselines, target=target,
-                                                     n_samples=n_samples, stdevs=stdevs)
-    return attributions.detach().abs().sum(1, keepdim=True)
+              seeds: torch.Tensor, baselines: Optional[torch.Tensor]) -> torch.Tensor:
+    background = (torch.zeros_like(x[:1]) if baselines is None else baselines.to(x)).detach()
+    if background.shape[1:] != x.shape[1:]:
+        raise ValueError(f"baselines {tuple(background.shape)} do not match the images {tuple(x.shape)}.")
+    explainer, maps = GradientShap(model), []
+    for image, cls, seed in zip(x.detach(), target, seeds.tolist()):  # one seed per image: batch-independent
+        with _seeded(seed):
+            attributions = explainer.attribute(image[None], baselines=background, target=int(cls),
+                                               n_samples=n_samples, stdevs=stdevs)
+        maps.append(attributions.detach().abs().sum(1, keepdim=True))
+    return torch.cat(maps)
 
 
 @contextlib.contextmanager
@@ -158,7 +168,7 @@ def _seeded(seed: int) -> Iterator[None]:
     numpy_state = np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        np.random.seed(seed)
+        np.random.seed(seed % 2**32)
         try:
             yield
         finally:
@@ -181,7 +191,7 @@ def ifim_maps(model: nn.Module, x: torch.Tensor, rho: float = 0.9, head: str = "
 
 def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor] = None, *,
               layer: Optional[str] = None, rho: float = 0.9, head: str = "softmax", n_samples: int = 16,
-              stdevs: float = 0.1, seed: int = 0) -> torch.Tensor:
+              stdevs: float = 0.1, seed: Seeds = 0, baselines: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The ``(B, 1, *spatial)`` magnitude map of ``method`` for ``x`` ``(B, C_in, *spatial)``.
 
     Args:
@@ -193,13 +203,14 @@ def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[t
         layer: module name a CAM reads (default :func:`default_cam_layer`).
         rho, head: the iFIM energy threshold and head (:func:`scripts.ifim.ifim_decompose`).
         n_samples, stdevs: GradientShap draws and baseline noise.
-        seed: seeds the random map and GradientShap.
+        seed: seeds the random map and GradientShap: an integer (hashed with each image) or ``(B,)`` seeds.
+        baselines: GradientShap's background ``(N, C_in, *spatial)``; default one all-zero image.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}.")
     if method == "random":
-        generator = torch.Generator().manual_seed(seed)
-        return torch.rand((x.shape[0], 1, *x.shape[2:]), generator=generator).to(x)
+        return torch.stack([torch.rand((1, *x.shape[2:]), generator=torch.Generator().manual_seed(s))
+                            for s in per_image_seeds(x, seed).tolist()]).to(x)
     if method.startswith("ifim"):
         return ifim_maps(model, x, rho=rho, head=head)[0 if method == "ifim_sensitive" else 1]
     with _borrowed(model) as clone:
@@ -210,7 +221,7 @@ def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[t
         if method == "vanilla_gradient":
             return _vanilla_gradient(clone, x, target)
         if method == "deepshap":
-            return _deepshap(clone, x, target, n_samples, stdevs, seed)
+            return _deepshap(clone, x, target, n_samples, stdevs, per_image_seeds(x, seed), baselines)
         layer = layer or default_cam_layer(clone)
         if method == "eigencam":
             return _eigencam(clone, layer, x).detach()

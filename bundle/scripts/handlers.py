@@ -232,8 +232,8 @@ class PerturbationMetricsHandler:
 
     Per batch: S(x) = |x_sens| and I(x) = |x_comp| (summed over channels), then the predictions on images whose
     top-k pixels of S, bottom-k of I and k random pixels were replaced by N(noise_mean, noise_std^2) noise, seeded
-    by ``seed`` and the iteration. At the end of the epoch, into ``engine.state.metrics``:
-    ``<prefix>_ratio_<a>`` (F1_low / F1_high at alpha = a %), ``<prefix>_drop_high_<a>``,
+    by ``seed`` and each image (``scripts.metrics.image_seeds``). At the end of the epoch, into
+    ``engine.state.metrics``: ``<prefix>_ratio_<a>`` (F1_low / F1_high at alpha = a %), ``<prefix>_drop_high_<a>``,
     ``<prefix>_drop_low_<a>``, ``<prefix>_drop_random_<a>`` and ``<prefix>_f1_clean``. F1 is of class 1 for a
     binary task, macro-averaged otherwise.
 
@@ -272,7 +272,7 @@ class PerturbationMetricsHandler:
         self.num_classes = result.probs.shape[1]
         high, low = result.maps()
         predictions = perturbed_predictions(model, images, high, low, self.alphas, self.noise_mean, self.noise_std,
-                                            seed=self.seed + engine.state.iteration)
+                                            seed=self.seed)
         for key, value in predictions.items():
             self.predictions.setdefault(key, []).append(value.cpu())
         self.labels.append(labels)
@@ -300,10 +300,15 @@ class AttributionStudyHandler:
     (``<prefix>_ratio_<method>_<a>``, ``<prefix>_fgsm_pearson_<map>``, ``<prefix>_fgsm_flip_rate``), and the report
     in ``report_dir`` with the evaluator's other metrics and the optional Table II (``seed_table``).
 
+    Under ``torchrun`` (the evaluator's data shared out by a strided ``DistributedSampler``, as
+    ``multi_gpu_evaluate.yaml`` does), every process studies its share, the studies are gathered and merged at the
+    end of the epoch, and rank 0 writes the report: the report one process writes. ``max_images`` then counts the
+    first images of the whole dataset, as in one process.
+
     Args:
         report_dir: where the report goes (its own files replaced at each epoch end, nothing else touched); None
             computes only.
-        methods, alphas, noise_mean, noise_std, epsilon, seed, rho, max_images, n_examples: see
+        methods, alphas, noise_mean, noise_std, epsilon, seed, rho, max_images, n_examples, background: see
             :class:`scripts.study.AttributionStudy`.
         model: the classifier; default ``engine.network``.
         seed_table: Table II (:func:`scripts.workflows.seed_table`), shown in the report.
@@ -316,19 +321,25 @@ class AttributionStudyHandler:
                  n_examples: int = 4, model: Optional[nn.Module] = None, image_key: str = "image",
                  label_key: str = "label", center_key: str = "signal_center", sigma_key: str = "signal_sigma",
                  seed_table: Optional[dict] = None, context: Optional[Mapping[str, Any]] = None,
-                 state_key: str = "study", prefix: str = "study"):
+                 state_key: str = "study", prefix: str = "study", background: Optional[torch.Tensor] = None):
         self.report_dir = None if report_dir is None else Path(report_dir)
         self.study = AttributionStudy(methods, alphas, noise_mean, noise_std, epsilon, seed, rho, max_images,
-                                      n_examples)
+                                      n_examples, background=background)
+        self.max_images = max_images
         self.model, self.image_key, self.label_key = model, image_key, label_key
         self.center_key, self.sigma_key = center_key, sigma_key
         self.seed_table, self.context = seed_table, dict(context or {})
         self.state_key, self.prefix = state_key, prefix
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.study.reset())
+        engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._finish)
+
+    def _start(self, engine: Engine) -> None:
+        self.study.reset()
+        if self.max_images is not None:  # this rank's images among the first max_images of a strided sharing-out
+            self.study.max_images = len(range(distributed.rank(), self.max_images, distributed.world_size()))
 
     def __call__(self, engine: Engine) -> None:
         if self.study.full:
@@ -344,6 +355,10 @@ class AttributionStudyHandler:
         self.study.update(model, images.to(device), labels, centers, sigmas)
 
     def _finish(self, engine: Engine) -> None:
+        if distributed.world_size() > 1:  # every rank merges the same studies in rank order: the same results
+            studies = distributed.gather_objects(self.study)
+            self.study = studies[0]
+            self.study.merge(studies[1:])
         if not self.study.labels:
             return
         results = self.study.compute()
@@ -355,7 +370,7 @@ class AttributionStudyHandler:
         for name, values in results["fgsm"]["pearson"].items():
             metrics[f"{self.prefix}_fgsm_pearson_{name}"] = values["mean"]
         metrics[f"{self.prefix}_fgsm_flip_rate"] = results["fgsm"]["flip_rate"]
-        if self.report_dir is not None:
+        if self.report_dir is not None and distributed.is_main():
             test_metrics = {k: v for k, v in metrics.items() if not k.startswith(self.prefix)}
             write_report(self.report_dir, results, self.study.examples, test_metrics, self.seed_table, self.context)
 

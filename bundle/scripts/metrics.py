@@ -5,34 +5,74 @@
 Maps are ``(B, 1, *spatial)`` magnitudes (DESIGN.md); images ``(B, C_in, *spatial)``; a "pixel" is a spatial
 position, perturbed in every input channel.
 
+* Per-image seeds: :func:`image_seeds` derives every random draw for an image (noise, random pixels, tie-breaking)
+  from the study seed and the image's own values, so an image's results do not depend on the batch it sits in, the
+  order of the data or the number of processes sharing it out.
 * Contrastive pixel perturbation, eq. 23-26: :func:`perturbation_masks`, :func:`replace_pixels`,
   :func:`contrastive_perturbation` (F1 after perturbing the k = ceil(alpha * HW) pixels ranked highest by the
   sensitive map and lowest by the insensitive one, their ratio, the absolute drops and a random-pixel control).
 * FGSM, eq. 27: :func:`fgsm`; stability of maps under it: :func:`pearson_per_image`.
-* Localization where the signal is known (SKS/BKS): :func:`signal_localization`.
+* Agreement with a region that matters: :func:`annotation_agreement` (a reader's annotation) and
+  :func:`signal_localization` (the known signal of SKS/BKS).
 * Model-randomization sanity check (Adebayo et al. 2018): :func:`randomized_copy`, :func:`spearman_per_image`.
-* Table II: :func:`precision_recall`, :func:`mean_std`.
+* Table II: :func:`confusion_matrix`, :func:`scores_from_confusion`, :func:`precision_recall`, :func:`mean_std`,
+  and :func:`classification_metric`, an ignite metric on the confusion matrix (summed over processes under DDP).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from ignite.metrics import EpochMetric
-from scipy.stats import spearmanr
-from sklearn.metrics import f1_score, precision_score, recall_score
+from ignite.metrics import ConfusionMatrix, MetricsLambda
+from scipy.stats import rankdata, spearmanr
 from torch import nn
 
 from .ifim import eval_mode
 
-__all__ = ["num_perturbed", "perturbation_masks", "random_pixel_mask", "replace_pixels", "f1", "eval_logits",
-           "predict", "perturbed_predictions", "perturbation_scores", "contrastive_perturbation", "fgsm",
-           "pearson_per_image", "spearman_per_image", "signal_localization", "randomized_copy", "precision_recall",
-           "classification_metric", "mean_std"]
+__all__ = ["image_seeds", "per_image_seeds", "num_perturbed", "perturbation_masks", "random_pixel_mask",
+           "replace_pixels", "f1", "eval_logits", "predict", "perturbed_predictions", "perturbation_scores",
+           "contrastive_perturbation", "fgsm",
+           "pearson_per_image", "spearman_per_image", "annotation_agreement", "signal_localization",
+           "randomized_copy", "confusion_matrix",
+           "scores_from_confusion", "precision_recall", "classification_metric", "mean_std"]
+
+Seeds = Union[int, torch.Tensor]
+# draws derived from an image's seed s: the noise uses s, the random pixels of the i-th alpha s + 1 + i
+TIE_BREAK_OFFSET = 1 << 20  # the random order that breaks ties between equal map values
+
+
+def image_seeds(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """One seed per image, ``(B,)`` int64 in [0, 2^62): a hash of ``seed`` and the image's values (dtype included).
+
+    The same image gets the same draws whatever batch, position or process it is in, so a study sharded over
+    ``torchrun`` processes, or run with another batch size, perturbs every image exactly as one process does.
+    """
+    data = x.detach().cpu().contiguous()
+    seeds = []
+    for image in data:
+        digest = hashlib.blake2b(str(seed).encode(), digest_size=8)
+        digest.update(str(image.dtype).encode())
+        digest.update(image.numpy().tobytes())
+        seeds.append(int.from_bytes(digest.digest(), "little") & ((1 << 62) - 1))
+    return torch.tensor(seeds, dtype=torch.int64)
+
+
+def per_image_seeds(x: torch.Tensor, seed: Seeds) -> torch.Tensor:
+    """``(B,)`` per-image seeds: given, or :func:`image_seeds` of ``x`` and an integer study seed."""
+    if isinstance(seed, torch.Tensor) and seed.ndim == 1:
+        if len(seed) != len(x):
+            raise ValueError(f"{len(seed)} seeds for {len(x)} images.")
+        return seed.to(torch.int64).cpu()
+    return image_seeds(x, int(seed))
+
+
+def _generators(seeds: torch.Tensor, offset: int = 0):
+    return [torch.Generator().manual_seed(int(s) + offset) for s in seeds.tolist()]
 
 
 def _check_map(values: torch.Tensor, name: str) -> None:
@@ -49,37 +89,45 @@ def num_perturbed(alpha: float, n_pixels: int) -> int:
     return min(n_pixels, math.ceil(alpha * n_pixels - 1e-9))  # the tolerance keeps 0.01 * 100 at 1, not 2
 
 
-def perturbation_masks(high_map: torch.Tensor, low_map: torch.Tensor, alpha: float):
+def perturbation_masks(high_map: torch.Tensor, low_map: torch.Tensor, alpha: float,
+                       seeds: Optional[Seeds] = None):
     """Boolean ``(B, 1, *spatial)`` masks: TopK(|high_map|, k) (eq. 23) and BottomK(|low_map|, k) (eq. 24).
 
     For iFIM, ``high_map`` is S(x) = |x_sens| and ``low_map`` I(x) = |x_comp|; for a single-map method both are
-    that map (its top-k against its bottom-k). Ties break by position, deterministically.
+    that map (its top-k against its bottom-k). Ties are broken at random: pixels of equal value are ranked in a
+    random order drawn per image from ``seeds`` (``(B,)``, or an integer hashed with each image of ``high_map``,
+    :func:`image_seeds`). A map that is zero on much of the image (a CAM after its ReLU, a saturated gradient) so
+    has a bottom set spread over its zero region, not the first pixels in memory order (the top rows).
     """
     _check_map(high_map, "high_map")
     _check_map(low_map, "low_map")
     if high_map.shape != low_map.shape:
         raise ValueError(f"maps differ in shape: {tuple(high_map.shape)} vs {tuple(low_map.shape)}.")
     flat_high, flat_low = high_map.abs().flatten(1), low_map.abs().flatten(1)
-    k = num_perturbed(alpha, flat_high.shape[1])
+    n_pixels = flat_high.shape[1]
+    k = num_perturbed(alpha, n_pixels)
+    seeds = per_image_seeds(high_map, 0 if seeds is None else seeds)
+    shuffles = torch.stack([torch.randperm(n_pixels, generator=g) for g in _generators(seeds, TIE_BREAK_OFFSET)])
+    shuffles = shuffles.to(flat_high.device)
     masks = []
     for flat, largest in ((flat_high, True), (flat_low, False)):
-        # stable sort: equal values keep their order, so ties break by position
-        order = torch.sort(flat, dim=1, descending=largest, stable=True).indices[:, :k]
-        mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
+        # a stable sort of the shuffled values: equal values keep their random order
+        order = torch.sort(flat.gather(1, shuffles), dim=1, descending=largest, stable=True).indices[:, :k]
+        mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, shuffles.gather(1, order), True)
         masks.append(mask.view(high_map.shape))
     return masks[0], masks[1]
 
 
-def random_pixel_mask(like: torch.Tensor, alpha: float, seed: int = 0) -> torch.Tensor:
+def random_pixel_mask(like: torch.Tensor, alpha: float, seed: Seeds = 0) -> torch.Tensor:
     """k uniformly random pixels per image, ``(B, 1, *spatial)`` boolean: the control that shows whether
-    perturbing k pixels moves the model at all."""
-    generator = torch.Generator().manual_seed(seed)
-    batch, n_pixels = like.shape[0], like[0, 0].numel()
+    perturbing k pixels moves the model at all. ``seed``: ``(B,)`` per-image seeds, or an integer hashed with each
+    image of ``like`` (:func:`image_seeds`)."""
+    n_pixels = like[0, 0].numel()
     k = num_perturbed(alpha, n_pixels)
-    scores = torch.rand(batch, n_pixels, generator=generator)
+    scores = torch.stack([torch.rand(n_pixels, generator=g) for g in _generators(per_image_seeds(like, seed))])
     order = scores.topk(k, dim=1).indices
-    mask = torch.zeros(batch, n_pixels, dtype=torch.bool).scatter_(1, order, True)
-    return mask.view(batch, 1, *like.shape[2:]).to(like.device)
+    mask = torch.zeros(len(like), n_pixels, dtype=torch.bool).scatter_(1, order, True)
+    return mask.view(len(like), 1, *like.shape[2:]).to(like.device)
 
 
 def replace_pixels(x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -89,12 +137,40 @@ def replace_pixels(x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor) -> 
     return torch.where(mask.expand_as(x), noise, x)
 
 
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
+    """``(C, C)`` counts, rows the true classes, columns the predicted ones."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64).ravel(), np.asarray(y_pred, dtype=np.int64).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"{y_true.size} labels against {y_pred.size} predictions.")
+    outside = [v for v in np.concatenate([y_true, y_pred]).tolist() if not 0 <= v < num_classes]
+    if outside:
+        raise ValueError(f"class {outside[0]} outside 0..{num_classes - 1}.")
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def scores_from_confusion(confusion) -> Dict[str, float]:
+    """Precision, recall and F1 from a ``(C, C)`` confusion matrix (rows true, columns predicted): of the positive
+    class (label 1) when C = 2, macro-averaged over all C classes otherwise; an undefined ratio (no such prediction
+    or label) counts 0, as scikit-learn's ``zero_division=0``.
+
+    Counts, unlike lists of predictions, add up over batches and processes (an all-reduce under DDP)."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(confusion)
+    predicted, actual = confusion.sum(0), confusion.sum(1)
+
+    def ratio(num, den):
+        return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+    per_class = {"precision": ratio(tp, predicted), "recall": ratio(tp, actual),
+                 "f1": ratio(2 * tp, predicted + actual)}
+    if len(confusion) == 2:
+        return {name: float(values[1]) for name, values in per_class.items()}
+    return {name: float(values.mean()) for name, values in per_class.items()}
+
+
 def f1(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> float:
     """F1 of the positive class (label 1) for a binary task, macro-averaged F1 for more classes."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if num_classes == 2:
-        return float(f1_score(y_true, y_pred, average="binary", pos_label=1, zero_division=0))
-    return float(f1_score(y_true, y_pred, average="macro", labels=list(range(num_classes)), zero_division=0))
+    return scores_from_confusion(confusion_matrix(y_true, y_pred, num_classes))["f1"]
 
 
 def eval_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 64
@@ -114,23 +190,26 @@ PERTURBED_SETS = ("high", "low", "random")
 
 def perturbed_predictions(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, high_map: torch.Tensor,
                           low_map: Optional[torch.Tensor] = None, alphas: Sequence[float] = (0.01, 0.02, 0.03),
-                          noise_mean: float = 0.0, noise_std: float = 1.0, seed: int = 0,
+                          noise_mean: float = 0.0, noise_std: float = 1.0, seed: Seeds = 0,
                           clean: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """One batch of the contrastive pixel-perturbation study (eq. 23-26): predictions on the clean images and on
     each perturbed set, ``{"clean": (B,), (alpha, "high" | "low" | "random"): (B,)}``.
 
-    The k highest pixels of ``high_map`` and the k lowest of ``low_map`` (``high_map`` itself when None) are
-    replaced by Gaussian noise N(noise_mean, noise_std^2) drawn once from ``seed``, the same value at a given pixel
-    for every set; ``random`` replaces k uniformly drawn pixels (the control). ``clean``: the clean predictions
-    ``(B,)`` when the caller has them already (one forward pass fewer).
+    The k highest pixels of ``high_map`` and the k lowest of ``low_map`` (``high_map`` itself when None; ties in
+    a random order) are replaced by Gaussian noise N(noise_mean, noise_std^2), the same value at a given pixel for
+    every set; ``random`` replaces k uniformly drawn pixels (the control). Every draw for an image comes from its
+    seed: ``seed`` is ``(B,)`` per-image seeds or an integer hashed with each image (:func:`image_seeds`), so
+    results do not depend on the batch. ``clean``: the clean predictions ``(B,)`` when the caller has them
+    already (one forward pass fewer).
     """
     low_map = high_map if low_map is None else low_map
-    generator = torch.Generator().manual_seed(seed)
-    noise = (noise_mean + noise_std * torch.randn(x.shape, generator=generator, dtype=torch.float64)).to(x)
+    seeds = per_image_seeds(x, seed)
+    noise = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float64) for g in _generators(seeds)])
+    noise = (noise_mean + noise_std * noise).to(x)
     predictions: Dict = {"clean": predict(model, x) if clean is None else clean}
     for i, alpha in enumerate(alphas):
-        mask_high, mask_low = perturbation_masks(high_map, low_map, alpha)
-        masks = {"high": mask_high, "low": mask_low, "random": random_pixel_mask(high_map, alpha, seed=seed + 1 + i)}
+        mask_high, mask_low = perturbation_masks(high_map, low_map, alpha, seeds)
+        masks = {"high": mask_high, "low": mask_low, "random": random_pixel_mask(high_map, alpha, seeds + 1 + i)}
         for name in PERTURBED_SETS:
             predictions[(alpha, name)] = predict(model, replace_pixels(x, masks[name], noise))
     return predictions
@@ -160,7 +239,7 @@ def _ratio(low: float, high: float) -> float:
 def contrastive_perturbation(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                              high_map: torch.Tensor, low_map: Optional[torch.Tensor] = None,
                              alphas: Sequence[float] = (0.01, 0.02, 0.03), noise_mean: float = 0.0,
-                             noise_std: float = 1.0, seed: int = 0, num_classes: Optional[int] = None
+                             noise_std: float = 1.0, seed: Seeds = 0, num_classes: Optional[int] = None
                              ) -> Dict[float, Dict[str, float]]:
     """The contrastive pixel-perturbation study of Sec. IV-E on a set of images held in memory.
 
@@ -206,20 +285,52 @@ def spearman_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
+def annotation_agreement(maps: torch.Tensor, masks: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """How well each map agrees with a region known or marked to matter (a reader's annotation, a known signal).
+
+    Args:
+        maps: ``(B, 1, *spatial)`` magnitudes.
+        masks: ``(B, 1, *spatial)`` boolean regions, each with at least one pixel in and one out.
+
+    Returns:
+        ``(B,)`` float64 each: ``energy_fraction`` (share of the map's total inside the region), ``area_fraction``
+        (the region's share of the image: what a map spread evenly would score), ``pointing_hit`` (1.0 when the
+        map's maximum lies inside; with several maximal pixels, the share of them inside, the expected hit of a
+        random pick) and ``auroc`` (the chance that a pixel inside outranks one outside, ties counting one half:
+        the Mann-Whitney statistic, NaN for a region covering the whole image).
+    """
+    _check_map(maps, "maps")
+    if masks.shape != maps.shape:
+        raise ValueError(f"masks {tuple(masks.shape)} and maps {tuple(maps.shape)} differ in shape.")
+    inside = masks.flatten(1).bool()
+    if not inside.any(1).all():
+        raise ValueError("a mask marks no pixel.")
+    magnitude = maps.abs().flatten(1).double()
+    total = magnitude.sum(1)
+    energy = torch.where(total > 0, (magnitude * inside).sum(1) / total.clamp_min(1e-300), 0.0)
+    peaks = magnitude == magnitude.max(1, keepdim=True).values
+    hit = (peaks & inside).sum(1).double() / peaks.sum(1).double()
+    aurocs = []
+    for values, region in zip(magnitude.cpu().numpy(), inside.cpu().numpy()):
+        n_in, n_out = int(region.sum()), int((~region).sum())
+        if n_out == 0:
+            aurocs.append(math.nan)
+            continue
+        ranks = rankdata(values)  # ties share their mean rank
+        aurocs.append((ranks[region].sum() - n_in * (n_in + 1) / 2) / (n_in * n_out))
+    return {"energy_fraction": energy, "area_fraction": inside.double().mean(1), "pointing_hit": hit,
+            "auroc": torch.tensor(aurocs, dtype=torch.float64, device=maps.device)}
+
+
 def signal_localization(maps: torch.Tensor, centers: torch.Tensor, sigmas: torch.Tensor,
                         radius_in_sigmas: float = 2.0) -> Dict[str, torch.Tensor]:
-    """How much of each map falls on a known signal: the disk (ball in 3D) of radius ``radius_in_sigmas * sigma``
-    around its centre.
+    """How much of each map falls on a known signal: :func:`annotation_agreement` with the disk (ball in 3D) of
+    radius ``radius_in_sigmas * sigma`` around the signal's centre as the region.
 
     Args:
         maps: ``(B, 1, *spatial)`` magnitudes.
         centers: ``(B, spatial_dims)`` voxel coordinates of the signal centres.
         sigmas: ``(B,)`` signal widths in voxels.
-
-    Returns:
-        ``energy_fraction`` (share of the map's total inside the disk), ``area_fraction`` (the disk's share of the
-        image: what a map spread evenly would score) and ``pointing_hit`` (1.0 when the map's maximum lies in the
-        disk), each ``(B,)`` float64.
     """
     _check_map(maps, "maps")
     spatial = maps.shape[2:]
@@ -230,12 +341,7 @@ def signal_localization(maps: torch.Tensor, centers: torch.Tensor, sigmas: torch
     coords = torch.stack(grids).to(maps.device)  # (dims, *spatial)
     offset = coords[None] - centers.double().view(-1, len(spatial), *[1] * len(spatial))
     inside = offset.pow(2).sum(1) <= (radius_in_sigmas * sigmas.double()).view(-1, *[1] * len(spatial)) ** 2
-    magnitude = maps[:, 0].abs().double()
-    total = magnitude.flatten(1).sum(1)
-    energy = torch.where(total > 0, (magnitude * inside).flatten(1).sum(1) / total.clamp_min(1e-300), 0.0)
-    peak = magnitude.flatten(1).argmax(1)
-    hit = inside.flatten(1).gather(1, peak[:, None])[:, 0].double()
-    return {"energy_fraction": energy, "area_fraction": inside.flatten(1).double().mean(1), "pointing_hit": hit}
+    return annotation_agreement(maps, inside[:, None])
 
 
 def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -254,25 +360,21 @@ def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def precision_recall(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> Dict[str, float]:
     """Precision and recall of the positive class (binary) or macro-averaged (more classes), as in Table II."""
-    average = "binary" if num_classes == 2 else "macro"
-    labels = None if num_classes == 2 else list(range(num_classes))
-    return {"precision": float(precision_score(y_true, y_pred, average=average, labels=labels, zero_division=0)),
-            "recall": float(recall_score(y_true, y_pred, average=average, labels=labels, zero_division=0))}
+    scores = scores_from_confusion(confusion_matrix(y_true, y_pred, num_classes))
+    return {"precision": scores["precision"], "recall": scores["recall"]}
 
 
-def classification_metric(name: str, num_classes: int) -> EpochMetric:
-    """An ignite ``EpochMetric`` for an evaluator's ``{"pred": (B, C) logits, "label": (B,)}`` batch outputs:
-    ``name`` is ``"precision"``, ``"recall"`` (as :func:`precision_recall`) or ``"f1"`` (as :func:`f1`), over the
-    whole epoch."""
+def classification_metric(name: str, num_classes: int) -> MetricsLambda:
+    """An ignite metric for an evaluator's ``{"pred": (B, C) logits, "label": (B,)}`` batch outputs: ``name`` is
+    ``"precision"``, ``"recall"`` (as :func:`precision_recall`) or ``"f1"`` (as :func:`f1`), over the whole epoch.
+
+    It accumulates ignite's ``ConfusionMatrix``, whose counts are summed over processes under DDP, so sharded
+    evaluation (shares of any size) scores what one process scores."""
     if name not in ("precision", "recall", "f1"):
         raise ValueError(f"name must be precision, recall or f1, got {name!r}.")
-
-    def compute(logits: torch.Tensor, labels: torch.Tensor) -> float:
-        y_true, y_pred = labels.view(-1).tolist(), logits.argmax(1).tolist()
-        return f1(y_true, y_pred, num_classes) if name == "f1" else precision_recall(y_true, y_pred, num_classes)[name]
-
-    return EpochMetric(compute, output_transform=lambda output: (output["pred"], output["label"]),
-                       check_compute_fn=False)
+    confusion = ConfusionMatrix(num_classes, output_transform=lambda output: (output["pred"],
+                                                                              output["label"].view(-1).long()))
+    return MetricsLambda(lambda counts: scores_from_confusion(counts.cpu().numpy())[name], confusion)
 
 
 def mean_std(values: Sequence[float]) -> Dict[str, float]:

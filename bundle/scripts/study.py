@@ -15,21 +15,28 @@ of :data:`STUDY_MAPS` (``scripts.attribution.attribute``), with the model's pred
   randomized copy (high correlation means the map does not depend on what the model learned);
 * for C = 2, the overlap of the top-k sets of S(x) and of the vanilla gradient (equal in exact arithmetic: for a
   binary softmax both are multiples of |grad(z_1 - z_0)|).
+
+Every random draw for an image (noise, random pixels, tie-breaking, the random map, GradientShap) comes from the
+image's own seed (``scripts.metrics.image_seeds``), and the figure's examples are chosen by that seed too, so the
+results do not depend on batch size, data order or the number of processes: studies of the shares of a dataset
+:meth:`~AttributionStudy.merge` into the study of the whole (up to the float round-off of sums in another order).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+from monai.utils import convert_to_tensor
 from torch import nn
 
 from .attribution import attribute, ifim_maps
 from .metrics import (
     eval_logits,
     fgsm,
+    image_seeds,
     pearson_per_image,
     perturbation_masks,
     perturbation_scores,
@@ -39,7 +46,7 @@ from .metrics import (
     spearman_per_image,
 )
 
-__all__ = ["STUDY_MAPS", "PERTURBATION_METHODS", "AttributionStudy", "nan_mean_std"]
+__all__ = ["STUDY_MAPS", "PERTURBATION_METHODS", "AttributionStudy", "nan_mean_std", "background_images"]
 
 IFIM_MAPS = ("ifim_sensitive", "ifim_complement")
 # maps compared one by one (FGSM, localization, randomization): the two iFIM parts and every baseline
@@ -59,6 +66,19 @@ def nan_mean_std(values: Sequence[float]) -> Dict[str, float]:
     return {"mean": mean, "std": std, "n": int(finite.size), "n_undefined": int(array.size - finite.size)}
 
 
+def background_images(entries: Sequence[Mapping], transform: Callable, n: int = 16, seed: int = 0,
+                      image_key: str = "image") -> Optional[torch.Tensor]:
+    """A fixed background set for GradientShap: ``n`` entries drawn at random (seeded) from ``entries`` (the
+    training split), through ``transform``, stacked ``(n, C_in, *spatial)`` float32; None when ``n`` is 0."""
+    if n <= 0:
+        return None
+    if not entries:
+        raise ValueError("no entries to draw the GradientShap background from (the training split is empty).")
+    chosen = np.random.default_rng(seed).choice(len(entries), size=min(n, len(entries)), replace=False)
+    images = [convert_to_tensor(transform(dict(entries[i]))[image_key], track_meta=False) for i in sorted(chosen)]
+    return torch.stack(images).float()
+
+
 class AttributionStudy:
     """Accumulate the map comparison over batches.
 
@@ -70,14 +90,17 @@ class AttributionStudy:
         seed: seeds the noise, the random map, GradientShap and the randomized model.
         rho: iFIM energy threshold.
         max_images: stop accumulating after this many images (None: all).
-        n_examples: images kept, with every map, for the overlay figure (positives with a known signal first).
+        n_examples: images kept, with every map, for the overlay figure (positives with a known signal first, then
+            by the images' seeds: a random choice that does not depend on the order of the data).
         radius_in_sigmas: localization disk radius.
+        background: GradientShap's baselines ``(N, C_in, *spatial)`` (e.g. training images); default one all-zero
+            image.
     """
 
     def __init__(self, methods: Sequence[str] = STUDY_MAPS, alphas: Sequence[float] = (0.01, 0.02, 0.03),
                  noise_mean: float = 0.0, noise_std: float = 1.0, epsilon: float = 0.01, seed: int = 0,
                  rho: float = 0.9, max_images: Optional[int] = None, n_examples: int = 4,
-                 radius_in_sigmas: float = 2.0):
+                 radius_in_sigmas: float = 2.0, background: Optional[torch.Tensor] = None):
         unknown = set(methods) - set(STUDY_MAPS)
         if unknown or not methods:
             raise ValueError(f"methods must be a non-empty subset of {STUDY_MAPS}; unknown: {sorted(unknown)}.")
@@ -88,6 +111,7 @@ class AttributionStudy:
         self.alphas, self.noise_mean, self.noise_std = tuple(alphas), noise_mean, noise_std
         self.epsilon, self.seed, self.rho = epsilon, seed, rho
         self.max_images, self.n_examples, self.radius = max_images, n_examples, radius_in_sigmas
+        self.background = background
         self.reset()
 
     @property
@@ -110,13 +134,18 @@ class AttributionStudy:
     def full(self) -> bool:
         return self.max_images is not None and self.n_images >= self.max_images
 
-    def _maps(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, seed: int) -> Dict[str, torch.Tensor]:
+    def __getstate__(self) -> dict:
+        """What a study sends to another process (``merge`` after a gather): its accumulators, not the model copy."""
+        return {**self.__dict__, "_random_model": None}
+
+    def _maps(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+              seeds: torch.Tensor) -> Dict[str, torch.Tensor]:
         maps = {}
         if IFIM_MAPS[0] in self.maps:  # both parts from one decomposition
             maps.update(zip(IFIM_MAPS, (part.detach() for part in ifim_maps(model, x, rho=self.rho))))
         for m in self.maps:
             if m not in maps:
-                maps[m] = attribute(m, model, x, target, rho=self.rho, seed=seed).detach()
+                maps[m] = attribute(m, model, x, target, rho=self.rho, seed=seeds, baselines=self.background).detach()
         return maps
 
     def update(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, signal_center: Optional[torch.Tensor] = None,
@@ -131,15 +160,15 @@ class AttributionStudy:
             signal_center = None if signal_center is None else signal_center[:keep]
             signal_sigma = None if signal_sigma is None else signal_sigma[:keep]
         y = torch.as_tensor(y).view(-1).long().to(x.device)
-        seed = self.seed + 1000 * self.n_batches
+        seeds = image_seeds(x, self.seed)  # (B,): every draw for an image, wherever it sits
         logits = eval_logits(model, x)
         self.num_classes = int(logits.shape[1])
         target = logits.argmax(1)
-        maps = self._maps(model, x, target, seed)
+        maps = self._maps(model, x, target, seeds)
 
         for method in self.perturbation_methods:
             high, low = (maps["ifim_sensitive"], maps["ifim_complement"]) if method == "ifim" else (maps[method],) * 2
-            batch = perturbed_predictions(model, x, high, low, self.alphas, self.noise_mean, self.noise_std, seed,
+            batch = perturbed_predictions(model, x, high, low, self.alphas, self.noise_mean, self.noise_std, seeds,
                                           clean=target)
             for key, value in batch.items():
                 self.predictions[method].setdefault(key, []).append(value.cpu())
@@ -147,10 +176,10 @@ class AttributionStudy:
 
         x_adv = fgsm(model, x, y, self.epsilon)
         self.flipped.append((eval_logits(model, x_adv).argmax(1) != target).cpu())
-        adv_maps = self._maps(model, x_adv, target, seed)
+        adv_maps = self._maps(model, x_adv, target, seeds)
         if self._random_model is None:
             self._random_model = randomized_copy(model, seed=self.seed)
-        random_maps = self._maps(self._random_model, x, target, seed)
+        random_maps = self._maps(self._random_model, x, target, seeds)
         for m in self.maps:
             self.pearson[m] += pearson_per_image(maps[m], adv_maps[m]).tolist()
             self.spearman[m] += spearman_per_image(maps[m], random_maps[m]).tolist()
@@ -168,31 +197,50 @@ class AttributionStudy:
 
         if self.num_classes == 2 and {"ifim_sensitive", "vanilla_gradient"} <= set(self.maps):
             for alpha in self.alphas:
-                top_s, _ = perturbation_masks(maps["ifim_sensitive"], maps["ifim_sensitive"], alpha)
-                top_g, _ = perturbation_masks(maps["vanilla_gradient"], maps["vanilla_gradient"], alpha)
+                top_s, _ = perturbation_masks(maps["ifim_sensitive"], maps["ifim_sensitive"], alpha, seeds)
+                top_g, _ = perturbation_masks(maps["vanilla_gradient"], maps["vanilla_gradient"], alpha, seeds)
                 overlap = (top_s & top_g).flatten(1).sum(1).double() / top_s.flatten(1).sum(1).double()
                 self.topk_overlap[alpha] += overlap.tolist()
 
-        self._keep_examples(x, y, target, maps, known, signal_center, signal_sigma)
+        self._keep_examples(x, y, target, maps, known, signal_center, signal_sigma, seeds)
         self.n_images += len(x)
         self.n_batches += 1
 
-    def _keep_examples(self, x, y, target, maps, known, centers, sigmas) -> None:
-        order = list(range(len(x)))
-        if known is not None:  # positives with a known signal first: their box shows where a map should point
-            order.sort(key=lambda i: not bool(known[i]))
-        for i in order:
+    def _keep_examples(self, x, y, target, maps, known, centers, sigmas, seeds) -> None:
+        """Keep the ``n_examples`` images first by (no known signal, seed): positives with a known signal first,
+        their box shows where a map should point; the seed makes the choice independent of the data's order."""
+        for i in range(len(x)):
             has_signal = known is not None and bool(known[i])
-            candidate = {"image": x[i].detach().cpu().numpy(), "label": int(y[i]), "predicted": int(target[i]),
-                         "maps": {m: maps[m][i, 0].cpu().numpy() for m in self.maps},
-                         "signal": (centers[i].tolist(), float(sigmas[i])) if has_signal else None}
-            if len(self.examples) < self.n_examples:
-                self.examples.append(candidate)
-            elif has_signal:  # swap a signal-free example for this one
-                free = [j for j, e in enumerate(self.examples) if e["signal"] is None]
-                if not free:
-                    return
-                self.examples[free[0]] = candidate
+            self.examples.append({"image": x[i].detach().cpu().numpy(), "label": int(y[i]), "predicted": int(target[i]),
+                                  "maps": {m: maps[m][i, 0].cpu().numpy() for m in self.maps},
+                                  "signal": (centers[i].tolist(), float(sigmas[i])) if has_signal else None,
+                                  "order": (not has_signal, int(seeds[i]))})
+        self._trim_examples()
+
+    def _trim_examples(self) -> None:
+        self.examples = sorted(self.examples, key=lambda e: e["order"])[:self.n_examples]
+
+    def merge(self, others: Sequence["AttributionStudy"]) -> None:
+        """Add the accumulations of studies of other shares of the data (e.g. gathered from other processes), so
+        this study computes the results of all of them: the results one study of the whole data gives."""
+        for other in others:
+            self.n_images += other.n_images
+            self.n_batches += other.n_batches
+            self.num_classes = max(self.num_classes, other.num_classes)
+            self.labels += other.labels
+            self.flipped += other.flipped
+            for method, predictions in other.predictions.items():
+                for key, values in predictions.items():
+                    self.predictions[method].setdefault(key, []).extend(values)
+            for m in self.maps:
+                self.pearson[m] += other.pearson[m]
+                self.spearman[m] += other.spearman[m]
+                for key, values in other.localization[m].items():
+                    self.localization[m].setdefault(key, []).extend(values)
+            for alpha in self.alphas:
+                self.topk_overlap[alpha] += other.topk_overlap[alpha]
+            self.examples += other.examples
+        self._trim_examples()
 
     def compute(self) -> dict:
         """The study's results (plain floats and dicts, JSON-ready)."""

@@ -6,6 +6,12 @@ own ``SupervisedTrainer`` and scores every checkpoint on the test set with a ``S
 The training and validation datasets are built once and shared by every seed (``CacheDataset`` costs minutes on
 CPU; the seeds differ only in weights and shuffling, ``data_seed`` stays). A seed's checkpoint is reused when its
 folder holds one trained with the same train.yaml and overrides, so a second report costs no training.
+
+Under ``torchrun`` (``multi_gpu_evaluate.yaml``) every process takes part in each step: a missing seed is trained
+with DDP through train.yaml plus the ``train_overlays`` (``multi_gpu_train.yaml``), rank 0 saving the checkpoint,
+and each checkpoint is scored on the processes' shares of the test set, its metrics summed over them. A seed's
+stamp records train.yaml and the overrides, not the overlay: a seed trained by several processes (global batch
+nproc x batch_size) is reused by a one-process run and the other way round.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 from ignite.metrics import Accuracy
 from monai.bundle import ConfigParser
-from monai.data import DataLoader
+from monai.data import DataLoader, DistributedSampler
 from monai.engines import SupervisedEvaluator
 from torch.utils.data import Dataset
 
+from . import distributed
 from .atomic import atomic_write
 from .metrics import classification_metric, mean_std
 from .networks import get_network
@@ -37,10 +44,13 @@ SCORES = ("precision", "recall", "f1", "accuracy")
 def checkpoint_scores(network: torch.nn.Module, dataset: Dataset, num_classes: int, device: torch.device,
                       batch_size: int = 64) -> Dict[str, float]:
     """Precision, recall, F1 (as Table II: class 1 for C = 2, macro otherwise) and accuracy of ``network`` on
-    ``dataset``, through a ``SupervisedEvaluator``."""
+    ``dataset``, through a ``SupervisedEvaluator``; under ``torchrun`` each process scores its share and the
+    metrics' counts are summed over all."""
     metrics = {name: classification_metric(name, num_classes) for name in SCORES[:3]}
     metrics["accuracy"] = Accuracy(output_transform=lambda output: (output["pred"], output["label"]))
-    evaluator = SupervisedEvaluator(device=device, val_data_loader=DataLoader(dataset, batch_size=batch_size),
+    sampler = DistributedSampler(dataset, even_divisible=False, shuffle=False) if distributed.world_size() > 1 else None
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+    evaluator = SupervisedEvaluator(device=device, val_data_loader=loader,
                                     network=network.to(device), key_val_metric={"accuracy": metrics.pop("accuracy")},
                                     additional_metrics=metrics, decollate=False)
     evaluator.run()
@@ -70,10 +80,11 @@ def seed_stamp(train_config: os.PathLike, overrides: Mapping[str, Any], network_
 
 
 def _train_seed(train_config: os.PathLike, seed: int, seed_dir: Path, overrides: Mapping[str, Any],
-                shared: Dict[str, Any]) -> Path:
-    """Run train.yaml's trainer for ``seed`` into ``seed_dir``; datasets built by the first seed are reused."""
+                shared: Dict[str, Any], overlays: Sequence[os.PathLike] = ()) -> Path:
+    """Run train.yaml's trainer (with ``overlays``) for ``seed`` into ``seed_dir``; datasets built by the first
+    seed are reused."""
     parser = ConfigParser()
-    parser.read_config(str(train_config))
+    parser.read_config([str(train_config), *map(str, overlays)])
     parser.update({**overrides, "seed": seed, "output_dir": str(seed_dir), "log_dir": str(seed_dir / "logs")})
     for key, dataset in shared.items():
         parser[key] = dataset  # a plain object in a config is passed through as it is
@@ -89,7 +100,7 @@ def seed_table(train_config: os.PathLike, seeds: Sequence[int], test_dataset: Da
                output_dir: os.PathLike, network_name: str = "shallow_cnn",
                checkpoints: Optional[Mapping[int, os.PathLike]] = None,
                train_overrides: Optional[Mapping[str, Any]] = None, device: Optional[torch.device] = None,
-               batch_size: int = 64) -> Dict[str, Any]:
+               batch_size: int = 64, train_overlays: Sequence[os.PathLike] = ()) -> Dict[str, Any]:
     """Table II: precision / recall / F1 / accuracy on ``test_dataset`` for one checkpoint per training seed, and
     their mean +- std (ddof 1).
 
@@ -101,6 +112,7 @@ def seed_table(train_config: os.PathLike, seeds: Sequence[int], test_dataset: Da
         checkpoints: seeds already trained, e.g. ``{0: the shipped model}``.
         train_overrides: train.yaml keys to set (task, counts, image_size, max_epochs, cache_dir, ...): the same
             data and network as the evaluated checkpoint; a None value keeps train.yaml's.
+        train_overlays: configs read after train.yaml to train a seed (``multi_gpu_train.yaml`` under torchrun).
     """
     device = device or torch.device("cpu")
     overrides = {k: v for k, v in (train_overrides or {}).items() if v is not None}  # None: train.yaml's own
@@ -114,12 +126,17 @@ def seed_table(train_config: os.PathLike, seeds: Sequence[int], test_dataset: Da
             stamp = seed_dir / "train_overrides.json"
             wanted = seed_stamp(train_config, overrides, network_name, num_classes)
             checkpoint = seed_dir / "model.pt"
-            if not (checkpoint.is_file() and stamp.is_file() and stamp.read_text() == wanted):
+            reuse = checkpoint.is_file() and stamp.is_file() and stamp.read_text() == wanted
+            if not distributed.broadcast_object(reuse):  # rank 0's view decides for all
                 logger.info(f"Table II: training seed {seed} into {seed_dir}")
-                checkpoint.unlink(missing_ok=True)
-                _train_seed(train_config, seed, seed_dir, overrides, shared)
-                with atomic_write(stamp) as tmp:
-                    tmp.write_text(wanted)
+                if distributed.is_main():
+                    checkpoint.unlink(missing_ok=True)
+                distributed.barrier()
+                _train_seed(train_config, seed, seed_dir, overrides, shared, train_overlays)
+                if distributed.is_main():
+                    with atomic_write(stamp) as tmp:
+                        tmp.write_text(wanted)
+                distributed.barrier()  # the checkpoint exists before any rank loads it
         network = _load(network_name, num_classes, checkpoint)
         rows.append({"seed": seed, "checkpoint": str(checkpoint),
                      **checkpoint_scores(network, test_dataset, num_classes, device, batch_size)})
