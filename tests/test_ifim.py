@@ -326,6 +326,11 @@ def test_auto_chunk_size_keeps_a_chunks_activations_within_the_cache(monkeypatch
     assert ifim_module.auto_chunk_size(model, x[:4]) == 4
     monkeypatch.setattr(ifim_module, "last_level_cache_bytes", lambda: 1)
     assert ifim_module.auto_chunk_size(model, x) == 1
-    volume_model = ShallowCNN(3, 1, 2, channels=(4, 8, 8))
-    assert ifim_module.auto_chunk_size(volume_model, torch.zeros(4, 1, 8, 8, 8)) == ifim_module.MIN_3D_CHUNK
+    # small volumes go two by two while two images' activations fit 3 x the cache, large ones one by one
+    volume_model, volumes = ShallowCNN(3, 1, 2, channels=(4, 8, 8)), torch.zeros(4, 1, 8, 8, 8)
+    per_volume = ifim_module.activation_bytes(volume_model, volumes)
+    monkeypatch.setattr(ifim_module, "last_level_cache_bytes", lambda: per_volume)
+    assert ifim_module.auto_chunk_size(volume_model, volumes) == ifim_module.MIN_3D_CHUNK == 2
+    monkeypatch.setattr(ifim_module, "last_level_cache_bytes", lambda: per_volume // 2)
+    assert ifim_module.auto_chunk_size(volume_model, volumes) == 1
     assert ifim_module.auto_chunk_size(lambda z: z.flatten(1)[:, :2], x) == 64  # activations unseen: one pass

@@ -270,10 +270,14 @@ def ifim_decompose(
 # 64^2 (1.9 MiB of activations per image) 0.100 s image by image, 0.069 s in chunks of 16, 0.066 s at once;
 # 128^2 (7.8 MiB) 0.261 s in chunks of 1 to 4, 0.313 s in chunks of 8, 0.409 s at once; 256^2 (31 MiB) 1.1 s
 # image by image, 3.4 s at once. So a chunk holds at most CPU_CHUNK_CACHE_FACTOR x the last-level cache of
-# activations. Volumes are the exception: oneDNN's 3D convolution of one image runs at half the speed per image
-# of two (32^3 and 48^3, with one thread as with two), so 3D chunks hold at least MIN_3D_CHUNK images.
+# activations. Small volumes are the exception: oneDNN's 3D convolution of one image runs at about half the speed
+# per image of two, so there 3D chunks hold MIN_3D_CHUNK images, as long as those images' activations stay within
+# MIN_3D_CHUNK_CACHE_FACTOR x the cache. ifim_decompose of 4 volumes, chunks of 1 / 2 (medians of 5): 32^3 (11 MiB
+# per image) 0.109 / 0.077 s; 40^3 0.194 / 0.132 s; 48^3 (38 MiB) 0.433 / 0.256 s; 56^3 (60 MiB) 0.429 / 0.494 s;
+# 64^3 (89 MiB) 0.615 / 0.753 s; 72^3 0.764 / 1.08 s. Two images of 48^3 hold 2.3 x the cache, two of 56^3 3.7 x.
 CPU_CHUNK_CACHE_FACTOR = 1
 MIN_3D_CHUNK = 2
+MIN_3D_CHUNK_CACHE_FACTOR = 3
 _FALLBACK_CACHE_BYTES = 32 * 2**20
 _ACTIVATION_BYTES: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, int]]" = weakref.WeakKeyDictionary()
 
@@ -318,13 +322,16 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 def auto_chunk_size(model: Callable, x: torch.Tensor) -> int:
     """Images per pass: the whole batch off the CPU (or for a plain callable, whose activations cannot be seen); on
     CPU as many as keep one chunk's activations within ``CPU_CHUNK_CACHE_FACTOR`` x the last-level cache, at least
-    one (``MIN_3D_CHUNK`` for volumes)."""
+    one (``MIN_3D_CHUNK`` for volumes whose ``MIN_3D_CHUNK`` images' activations fit
+    ``MIN_3D_CHUNK_CACHE_FACTOR`` x the cache)."""
     batch = x.shape[0]
     if x.device.type != "cpu" or batch == 1 or not isinstance(model, nn.Module):
         return batch
-    budget = CPU_CHUNK_CACHE_FACTOR * last_level_cache_bytes()
-    floor = MIN_3D_CHUNK if x.ndim == 5 else 1
-    return max(1, min(batch, max(floor, budget // activation_bytes(model, x))))
+    cache, per_image = last_level_cache_bytes(), activation_bytes(model, x)
+    floor = 1
+    if x.ndim == 5 and MIN_3D_CHUNK * per_image <= MIN_3D_CHUNK_CACHE_FACTOR * cache:
+        floor = MIN_3D_CHUNK
+    return max(1, min(batch, max(floor, CPU_CHUNK_CACHE_FACTOR * cache // per_image)))
 
 
 def _decompose(model: Callable, x: torch.Tensor, rho: float, head: str, rtol: Optional[float]) -> IFIMResult:
