@@ -134,3 +134,24 @@ def make_scan_folder(root: Path) -> dict:
             "mri/axial.nii.gz", "mri/slab.nii.gz"]
     return {**{name: None for name in good}, "broken.jpg": "cannot read 'image' file",
             "mri/volume.nii.gz": "is a volume or multi-frame series"}
+
+
+def make_review_studies(root: Path) -> Dict[str, Path]:
+    """A MONAI Label studies folder: a 2D NIfTI with a rotated affine and a PNG of another shape, by datastore id."""
+    yy, xx = np.mgrid[:48, :40]
+    picture = 60 + 120 * np.exp(-((yy - 14) ** 2 + (xx - 12) ** 2) / 40.0) + 50 * xx / 40
+    affine = np.array([[0, -0.8, 0, 10], [0.7, 0, 0, -5], [0, 0, 2.5, 30], [0, 0, 0, 1.0]])
+    return {"axial": write_nifti(root / "axial.nii.gz", picture.astype(np.float32), affine=affine),
+            "gray": write_gray(root / "gray.png", picture[::-1, :36])}
+
+
+def source_grid(path: Path):
+    """Spatial shape and affine of ``path`` as the bundle's reader gives them: what a map or label on the image's
+    own grid must match."""
+    from monai.transforms import LoadImage
+
+    from scripts.sources import image_format, image_readers
+
+    loaded = LoadImage(image_only=True, ensure_channel_first=True, reader=image_readers()[image_format(path)])(
+        str(path))
+    return tuple(loaded.shape[1:]), np.asarray(loaded.meta["affine"])

@@ -1,0 +1,241 @@
+# Copyright (c) the iFIM bundle contributors.
+# Licensed under the Apache License, Version 2.0 (see LICENSE).
+"""A reader's review of iFIM maps (engine glue, floor 3): the high-sensitivity region of an image as a label on the
+image's own grid, to accept or correct in MONAI Label (``monailabel_app/``) or any viewer, and the loop back, where
+the corrected labels become the reference standard every map of the evaluation is scored against.
+
+* :class:`ReviewModel`: the bundle's network, checkpoint, preprocessing and inferer as ``configs/inference.yaml``
+  builds them (``ReviewModel.from_bundle`` reads it); ``label(image, output_dir)`` writes the top
+  ``top_percent`` % of S(x) = |x_sens| as a 0/1 NIfTI with the shape and affine MONAI's reader gives the image, and
+  returns the prediction, probabilities and iFIM spectrum.
+* :func:`score_annotations`: every map of ``scripts.study.STUDY_MAPS`` against the labels of a MONAI Label datastore
+  (``<studies>/labels/<tag>/<image id>.nii.gz``): energy inside the annotation, pointing game and AUROC per image
+  (``scripts.metrics.annotation_agreement``), summarised with bootstrap intervals over images.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+
+from .atomic import atomic_write, write_csv
+from .attribution import attribute, ifim_maps
+from .metrics import annotation_agreement, image_seeds, perturbation_masks
+from .sources import InvertToSourced, SaveOnSourceGridd, find_image_files
+from .study import STUDY_MAPS
+
+__all__ = ["ReviewModel", "score_annotations", "datastore_id", "bootstrap_interval", "LABEL_NAME"]
+
+logger = logging.getLogger(__name__)
+LABEL_NAME = "high_sensitivity"  # the label's one foreground class
+
+
+def datastore_id(path: os.PathLike) -> str:
+    """The id MONAI Label's local datastore gives an image file: its name without the extension (``.nii.gz``
+    counts as one)."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".seg.nrrd"):
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return Path(name).stem
+
+
+class ReviewModel:
+    """The bundle's classifier and iFIM inferer, one image at a time, as inference.yaml builds them.
+
+    Args:
+        network: the classifier (its weights are loaded here from ``checkpoint``).
+        checkpoint: inference.yaml's ``CheckedCheckpointLoader``: built, it has refused a missing, unreadable or
+            other-task checkpoint, naming the file.
+        preprocessing: the chain for a user's files (inference.yaml's ``preprocessing`` with a ``dataset_dir``).
+        inferer: ``scripts.inferers.IFIMInferer``.
+        class_names: the model's outputs.
+        top_percent: the share of the image's pixels the label marks.
+        device: where the network runs.
+        seed: breaks ties between equal map values at the threshold (per image, ``scripts.metrics.image_seeds``).
+    """
+
+    def __init__(self, network: torch.nn.Module, checkpoint: Any, preprocessing: Any, inferer: Any,
+                 class_names: Sequence[str], top_percent: float = 5.0, device: Any = "cpu", seed: int = 0):
+        self.top_percent = _check_percent(top_percent)
+        self.device, self.seed = torch.device(device), seed
+        self.checkpoint = str(checkpoint.load_path)
+        self.network = network.to(self.device)
+        self.network.load_state_dict(torch.load(self.checkpoint, map_location=self.device, weights_only=True))
+        self.network.eval()
+        self.preprocessing, self.inferer, self.class_names = preprocessing, inferer, list(class_names)
+
+    @classmethod
+    def from_bundle(cls, bundle_root: os.PathLike, ckpt_path: Optional[os.PathLike] = None,
+                    top_percent: float = 5.0, device: str = "cpu", seed: int = 0) -> "ReviewModel":
+        """Read ``configs/metadata.json`` and ``configs/inference.yaml`` of ``bundle_root`` (``scripts`` must be
+        importable: ``bundle_root`` on ``sys.path``); ``ckpt_path`` default the config's ``models/model.pt``."""
+        root = Path(bundle_root).resolve()
+        parser = ConfigParser()
+        parser.read_meta(str(root / "configs" / "metadata.json"))
+        parser.read_config(str(root / "configs" / "inference.yaml"))
+        overrides: Dict[str, Any] = {"bundle_root": str(root), "dataset_dir": str(root),  # a user's files' chain
+                                     "device": f"$torch.device({str(device)!r})"}
+        if ckpt_path is not None:
+            overrides["ckpt_path"] = str(ckpt_path)
+        parser.update(overrides)
+        return cls(parser.get_parsed_content("network"), parser.get_parsed_content("handlers#0"),
+                   parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer"),
+                   parser.get_parsed_content("class_names"), top_percent, device, seed)
+
+    def load(self, image_path: os.PathLike) -> dict:
+        """The preprocessed image (``{"image": (C_in, *spatial) MetaTensor, "name": ...}``), its meta recording
+        how to go back to the file's grid."""
+        return self.preprocessing({"image": str(image_path), "name": datastore_id(image_path)})
+
+    def to_source_grid(self, item: dict, maps: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``(1, *model grid)`` maps of ``item`` on the grid of its source file (``(1, *source spatial)``)."""
+        keys = list(maps)
+        inverted = InvertToSourced(keys=keys, transform=self.preprocessing, orig_keys=["image"] * len(keys))(
+            {**item, **{k: MetaTensor(v.detach().cpu().float()) for k, v in maps.items()}})
+        return {k: inverted[k] for k in keys}
+
+    def label(self, image_path: os.PathLike, output_dir: os.PathLike, top_percent: Optional[float] = None) -> tuple:
+        """Write ``<output_dir>/<id>_label.nii.gz``, 1 on the top ``top_percent`` % (default the model's) of S(x) on
+        the image's own grid (ties broken at random), and return ``(label path, result)``: ``predicted_class``,
+        ``class_names``, ``probabilities``, ``eigenvalues``, ``k``, ``rank`` and ``top_percent``."""
+        top_percent = self.top_percent if top_percent is None else _check_percent(top_percent)
+        item = self.load(image_path)
+        out = self.inferer(item["image"][None].to(self.device), self.network)
+        sensitivity = out["x_sens"][0].abs().sum(0, keepdim=True)  # S(x), (1, *model grid)
+        on_source = self.to_source_grid(item, {"sensitivity": sensitivity})["sensitivity"]
+        values = torch.as_tensor(on_source).double()[None]  # (1, 1, *source spatial)
+        mask, _ = perturbation_masks(values, values, top_percent / 100, image_seeds(values, self.seed))
+        item["label"] = MetaTensor(mask[0].to(torch.uint8), meta=dict(on_source.meta))
+        SaveOnSourceGridd(keys="label", output_dir=output_dir, dtype=np.uint8)(item)
+        probs = out["probs"][0].tolist()
+        result = {"predicted_class": self.class_names[int(np.argmax(probs))], "class_names": self.class_names,
+                  "probabilities": dict(zip(self.class_names, probs)), "eigenvalues": out["eigenvalues"][0].tolist(),
+                  "k": int(out["k"][0]), "rank": int(out["rank"][0]), "top_percent": top_percent,
+                  "label_name": LABEL_NAME}
+        return str(Path(output_dir) / f"{item['name']}_label.nii.gz"), result
+
+    def maps(self, item: dict, methods: Sequence[str] = STUDY_MAPS, background: Optional[torch.Tensor] = None
+             ) -> Dict[str, torch.Tensor]:
+        """Every map of ``methods`` for one preprocessed image, ``(1, *model grid)`` each, explaining the predicted
+        class (seeded maps draw from the image's own seed, as in the study)."""
+        x = item["image"][None].to(self.device)
+        x = x.as_tensor() if hasattr(x, "as_tensor") else x
+        with torch.no_grad():
+            target = self.network(x).argmax(1)
+        seeds = image_seeds(x, self.seed)
+        maps: Dict[str, torch.Tensor] = {}
+        if {"ifim_sensitive", "ifim_complement"} & set(methods):
+            maps["ifim_sensitive"], maps["ifim_complement"] = ifim_maps(self.network, x)
+        for m in methods:
+            if m not in maps:
+                maps[m] = attribute(m, self.network, x, target, seed=seeds, baselines=background)
+        return {m: maps[m][0].detach() for m in methods}
+
+
+def _check_percent(value: float) -> float:
+    if not 0 < float(value) <= 100:
+        raise ValueError(f"top_percent must lie in (0, 100], got {value}.")
+    return float(value)
+
+
+def bootstrap_interval(values: Sequence[float], n_resamples: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> tuple:
+    """Mean and percentile bootstrap interval of ``values`` (independent units), NaN-free values only;
+    ``(mean, low, high)``, the interval NaN for fewer than 2 values."""
+    array = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if array.size == 0:
+        return math.nan, math.nan, math.nan
+    if array.size < 2:
+        return float(array.mean()), math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = array[rng.integers(0, array.size, size=(n_resamples, array.size))].mean(1)
+    tail = (1 - level) / 2 * 100
+    return float(array.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def _read_label(path: Path, shape: Sequence[int]) -> torch.Tensor:
+    import nibabel as nib
+
+    try:
+        array = np.asarray(nib.load(str(path)).dataobj)
+    except Exception as err:
+        raise ValueError(f"label {path} cannot be read: {err}") from err
+    squeezed = tuple(s for s in array.shape if s != 1)
+    if array.size != int(np.prod(shape)) or squeezed != tuple(s for s in shape if s != 1):
+        raise ValueError(f"label {path} has shape {array.shape}, its image {tuple(shape)}: not on the image's grid.")
+    if not np.isfinite(array).all():
+        raise ValueError(f"label {path} holds NaN or Inf values.")
+    mask = torch.as_tensor(array.reshape(shape) > 0)
+    if not mask.any():
+        raise ValueError(f"label {path} marks no pixel: an empty annotation cannot be scored against.")
+    return mask
+
+
+SCORE_COLUMNS = ("image", "method", "energy_fraction", "area_fraction", "pointing_hit", "auroc")
+
+
+def score_annotations(model: ReviewModel, studies_dir: os.PathLike, output_dir: os.PathLike, tag: str = "final",
+                      methods: Sequence[str] = STUDY_MAPS, background: Optional[torch.Tensor] = None,
+                      seed: int = 0) -> Dict[str, Any]:
+    """Score every map of ``methods`` against the labels a reader saved in a MONAI Label local datastore.
+
+    For each ``<studies_dir>/labels/<tag>/<id>.nii.gz`` whose image ``<studies_dir>/<id>.<ext>`` exists, every map
+    is computed on the model's grid, put back on the image's own grid (as inference does) and compared with the
+    label there (``scripts.metrics.annotation_agreement``). Writes ``annotation_scores.csv`` (one row per image and
+    map) and ``annotation_scores.md`` (per map: mean and bootstrap 95 % interval over images) into ``output_dir``,
+    and returns ``{"rows": [...], "summary": {method: {metric: (mean, low, high)}}, "n_images": n}``.
+    """
+    studies, out = Path(studies_dir), Path(output_dir)
+    label_dir = studies / "labels" / tag
+    labels = sorted(label_dir.glob("*.nii.gz")) if label_dir.is_dir() else []
+    if not labels:
+        raise FileNotFoundError(f"no labels tagged {tag!r} in {label_dir}: save the reviewed labels first.")
+    images = {datastore_id(p): p for p in find_image_files(studies, exclude=[studies / "labels"])[0]}
+    rows: List[Dict[str, Any]] = []
+    for label_path in labels:
+        image_id = datastore_id(label_path)
+        if image_id not in images:
+            raise FileNotFoundError(f"label {label_path} has no image {image_id}.* in {studies}.")
+        item = model.load(images[image_id])
+        on_source = model.to_source_grid(item, model.maps(item, methods, background))
+        shape = tuple(on_source[methods[0]].shape[1:])
+        mask = _read_label(label_path, shape)
+        stacked = torch.stack([on_source[m] for m in methods]).double()  # (M, 1, *source spatial)
+        scores = annotation_agreement(stacked, mask[None, None].expand_as(stacked))
+        for i, method in enumerate(methods):
+            rows.append({"image": image_id, "method": method,
+                         **{key: float(values[i]) for key, values in scores.items()}})
+    summary = {m: {key: bootstrap_interval([r[key] for r in rows if r["method"] == m], seed=seed)
+                   for key in SCORE_COLUMNS[2:]} for m in methods}
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "annotation_scores.csv", list(SCORE_COLUMNS), [[r[c] for c in SCORE_COLUMNS] for r in rows])
+    with atomic_write(out / "annotation_scores.md") as tmp:
+        tmp.write_text(_summary_markdown(summary, len(labels), tag))
+    return {"rows": rows, "summary": summary, "n_images": len(labels)}
+
+
+def _summary_markdown(summary: Dict[str, Dict[str, tuple]], n_images: int, tag: str) -> str:
+    def cell(values: tuple) -> str:
+        mean, low, high = values
+        if math.isnan(mean):
+            return "n/a"
+        return f"{mean:.3f}" + ("" if math.isnan(low) else f" [{low:.3f}, {high:.3f}]")
+
+    lines = [f"# Maps against the reviewed labels (tag `{tag}`, {n_images} image{'s' * (n_images != 1)})", "",
+             "Mean over images with a 95 % bootstrap interval over images. Energy: the share of the map's total "
+             "inside the annotation (a uniform map scores the annotation's area fraction); pointing: the share of "
+             "images whose map peaks inside it; AUROC: how well the map's values separate annotated from other "
+             "pixels (0.5: no better than chance).", "",
+             "| map | energy in annotation | annotation area | pointing game | AUROC |", "|---|---|---|---|---|"]
+    for method, values in summary.items():
+        lines.append(f"| {method} | " + " | ".join(cell(values[k]) for k in SCORE_COLUMNS[2:]) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,3 @@
+from .ifim_review import IFIMReview
+
+__all__ = ["IFIMReview"]

@@ -1,0 +1,82 @@
+"""scripts.review without a server: the high-sensitivity label on the image's own grid, and the scoring of maps
+against a reader's labels, its errors named by file."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from fake_datasets import make_review_studies, source_grid, write_gray, write_nifti
+from scripts.metrics import annotation_agreement
+from scripts.review import ReviewModel, bootstrap_interval, datastore_id, score_annotations
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1] / "bundle"
+
+METHODS = ("ifim_sensitive", "gradcam", "random")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ReviewModel.from_bundle(BUNDLE_ROOT)
+
+
+def test_the_label_marks_the_top_percent_on_the_images_own_grid(model, tmp_path):
+    images = make_review_studies(tmp_path / "studies")
+    for image_id, path in images.items():
+        label_path, result = model.label(path, tmp_path / "out", top_percent=10)
+        label = nib.load(label_path)
+        shape, affine = source_grid(path)
+        assert label.shape == shape and np.allclose(label.affine, affine, atol=1e-6)
+        values = np.asarray(label.dataobj)
+        assert values.sum() == math.ceil(0.10 * values.size - 1e-9)
+        assert sum(result["probabilities"].values()) == pytest.approx(1.0)
+        assert result["top_percent"] == 10 and label_path.endswith(f"{image_id}_label.nii.gz")
+    with pytest.raises(ValueError, match="top_percent"):
+        model.label(images["gray"], tmp_path / "out", top_percent=0)
+
+
+def test_scores_equal_the_metric_on_the_maps_and_errors_name_the_file(model, tmp_path):
+    studies = tmp_path / "studies"
+    images = make_review_studies(studies)
+    with pytest.raises(FileNotFoundError, match="no labels tagged 'final'"):
+        score_annotations(model, studies, tmp_path / "scores", methods=METHODS)
+    labels = studies / "labels" / "final"
+    shape, affine = source_grid(images["axial"])
+    mask = np.zeros(shape, np.uint8)
+    mask[10:20, 8:16] = 1
+    write_nifti(labels / "axial.nii.gz", mask, affine)
+    result = score_annotations(model, studies, tmp_path / "scores", methods=METHODS)
+    item = model.load(images["axial"])
+    maps = model.to_source_grid(item, model.maps(item, METHODS))
+    for row in result["rows"]:
+        expected = annotation_agreement(maps[row["method"]].double()[None], torch.as_tensor(mask > 0)[None, None])
+        assert row == pytest.approx({"image": "axial", "method": row["method"],
+                                     **{k: v.item() for k, v in expected.items()}}, nan_ok=True)
+    assert [r["method"] for r in result["rows"]] == list(METHODS) and result["n_images"] == 1
+    assert (tmp_path / "scores" / "annotation_scores.csv").is_file()
+    assert "| gradcam |" in (tmp_path / "scores" / "annotation_scores.md").read_text()
+
+    write_nifti(labels / "axial.nii.gz", np.zeros(shape, np.uint8), affine)
+    with pytest.raises(ValueError, match=r"axial\.nii\.gz marks no pixel"):
+        score_annotations(model, studies, tmp_path / "scores", methods=METHODS)
+    write_nifti(labels / "axial.nii.gz", np.ones((8, 8), np.uint8), affine)
+    with pytest.raises(ValueError, match=r"axial\.nii\.gz has shape \(8, 8\)"):
+        score_annotations(model, studies, tmp_path / "scores", methods=METHODS)
+    (labels / "axial.nii.gz").unlink()
+    write_gray(labels.parent / "ignored.png", np.zeros((4, 4)))  # not a label tag folder's NIfTI
+    write_nifti(labels / "missing.nii.gz", mask, affine)
+    with pytest.raises(FileNotFoundError, match=r"missing\.nii\.gz has no image missing\.\*"):
+        score_annotations(model, studies, tmp_path / "scores", methods=METHODS)
+
+
+def test_bootstrap_interval_and_datastore_ids():
+    assert bootstrap_interval([0.4] * 5) == (pytest.approx(0.4), pytest.approx(0.4), pytest.approx(0.4))
+    mean, low, high = bootstrap_interval([0.0, 1.0] * 20, seed=1)
+    assert mean == 0.5 and 0.3 < low < 0.5 < high < 0.7
+    assert math.isnan(bootstrap_interval([0.7])[1]) and math.isnan(bootstrap_interval([math.nan])[0])
+    assert [datastore_id(n) for n in ("a.nii.gz", "b.png", "c.d.jpg", "/x/y.nii")] == ["a", "b", "c.d", "y"]
