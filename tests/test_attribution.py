@@ -101,6 +101,43 @@ def test_deepshap_background_is_the_given_set(shallow):
         attribute("deepshap", model, x, TARGETS, baselines=torch.zeros(2, 1, 8, 8))
 
 
+def test_scorecam_weights_are_the_masked_inputs_target_probabilities():
+    """A network whose CAM layer sits at input resolution, so every step can be done by hand: channel k's mask is
+    its activation scaled to [0, 1]; its weight the softmax probability of the target for the image times that
+    mask (a constant channel masks nothing and weighs 0); the map ReLU(sum_k w_k A_k) scaled to [0, 1]."""
+    import numpy as np
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.ReLU())
+            self.features[0].weight.data = torch.tensor([1.0, -1.0, 0.0]).view(3, 1, 1, 1)
+            self.classifier = nn.Linear(3, 2)
+            self.classifier.weight.data = torch.tensor([[1.0, -2.0, 0.5], [-1.0, 3.0, 0.0]])
+            self.classifier.bias.data = torch.tensor([0.125, -0.25])  # exact in float32, as every weight here
+
+        def forward(self, x):
+            return self.classifier(self.features(x).mean((2, 3)))
+
+    image = np.array([[0.5, -1.0, 2.0], [1.5, -0.5, 0.0], [-2.0, 1.0, 0.25]])
+    model = Tiny().double()
+    acti = [np.maximum(w * image, 0) for w in (1.0, -1.0, 0.0)]  # channel 3 is constant (zero)
+    weights = []
+    for a in acti:
+        if a.max() == a.min():
+            weights.append(0.0)
+            continue
+        masked = image * (a - a.min()) / (a.max() - a.min())
+        features = [np.maximum(w * masked, 0).mean() for w in (1.0, -1.0, 0.0)]
+        logits = np.array([[1.0, -2.0, 0.5], [-1.0, 3.0, 0.0]]) @ features + np.array([0.125, -0.25])
+        weights.append(np.exp(logits[1]) / np.exp(logits).sum())  # target class 1
+    cam = np.maximum(sum(w * a for w, a in zip(weights, acti)), 0)
+    expected = (cam - cam.min()) / (cam.max() - cam.min())
+    got = attribute("scorecam", model, torch.tensor(image)[None, None], torch.tensor([1]))
+    np.testing.assert_allclose(got[0, 0].numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
 def test_default_layers_and_errors():
     assert default_cam_layer(ShallowCNN()) == "features"
     assert default_cam_layer(get_network("resnet18")) == "layer4"

@@ -11,7 +11,8 @@ channel. Methods (:data:`METHODS`):
   pytorch-grad-cam imports torchvision, which installs here only with torch 2.14.1's 5.9 GB CUDA build; each is a
   few lines: XGrad-CAM (Fu et al. 2020) weights channels by sum(A * dY/dA) / sum(A); Eigen-CAM (Muhammad & Yeasin
   2020) projects the activations on their first principal component (target-free); Score-CAM (Wang et al. 2020)
-  weights channels by the softmax of the target probability of the input masked by each upsampled channel.
+  weights each channel by the target probability (softmax over classes) of the input masked by that channel,
+  upsampled and scaled to [0, 1], as the authors' code does (a constant channel masks nothing and weighs 0).
 * ``deepshap``: captum's ``GradientShap`` (expected gradients; DeepLiftShap refuses modules called twice, which
   MONAI's ResNet blocks do with their activation). Baselines: a fixed background set (``baselines``, e.g. training
   images; default one all-zero image), with Gaussian noise (``stdevs``) and ``n_samples`` draws, run image by
@@ -143,7 +144,9 @@ def _scorecam(model: nn.Module, layer: str, x: torch.Tensor, cls: int, chunk: in
     for image, image_masks, image_acti in zip(x, masks, acti.detach()):
         masked = image[None] * image_masks[:, None]  # (K, C_in, *spatial)
         probs = torch.cat([torch.softmax(model(masked[i:i + chunk]), 1)[:, cls] for i in range(0, len(masked), chunk)])
-        weights = torch.softmax(probs, 0).view(1, -1, *[1] * (acti.ndim - 2))
+        flat = image_masks.flatten(1)
+        constant = flat.max(1).values == flat.min(1).values  # masks nothing: no weight
+        weights = torch.where(constant, 0.0, probs).view(1, -1, *[1] * (acti.ndim - 2))
         maps.append(_cam_from(image_acti[None], weights, image[None]))
     return torch.cat(maps)
 
