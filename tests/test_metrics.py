@@ -218,8 +218,13 @@ def test_precision_recall_and_mean_std():
     macro = precision_recall([0, 1, 2, 2], [0, 1, 2, 1], 3)
     assert macro["recall"] == pytest.approx((1 + 1 + 0.5) / 3) and macro["precision"] == pytest.approx(
         (1 + 0.5 + 1) / 3)
-    assert mean_std([0.9, 1.0]) == {"mean": pytest.approx(0.95), "std": pytest.approx(0.0707107, rel=1e-5), "n": 2}
-    assert mean_std([0.5])["std"] == 0.0
+    assert mean_std([0.9, 1.0]) == {"mean": pytest.approx(0.95), "std": pytest.approx(0.0707107, rel=1e-5), "n": 2,
+                                    "n_undefined": 0}
+    assert math.isnan(mean_std([0.5])["std"])  # one seed has no spread to report: n/a, not 0
+    # NaN values (the correlation of a constant map) are counted, not averaged
+    assert mean_std([1.0, float("nan"), 3.0]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2,
+                                                  "n_undefined": 1}
+    assert math.isnan(mean_std([float("nan")])["mean"])
     with pytest.raises(ValueError):
         mean_std([])
 

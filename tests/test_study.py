@@ -17,7 +17,7 @@ from scripts.attribution import attribute
 from scripts.metrics import contrastive_perturbation, fgsm, pearson_per_image, signal_localization
 from scripts.networks import ShallowCNN
 from scripts.report import findings, write_report
-from scripts.study import STUDY_MAPS, AttributionStudy, nan_mean_std
+from scripts.study import STUDY_MAPS, AttributionStudy
 
 ALPHAS = (0.01, 0.05)
 
@@ -127,12 +127,6 @@ def test_shares_merged_equal_the_whole_whatever_the_batches(batch, studied):
     assert [e["order"] for e in shares[0].examples] == [e["order"] for e in whole_study.examples]
     for a, b in zip(shares[0].examples, whole_study.examples):
         np.testing.assert_allclose(a["maps"]["ifim_sensitive"], b["maps"]["ifim_sensitive"], rtol=1e-9)
-
-
-def test_nan_mean_std_counts_undefined_values():
-    expected = {"mean": 2.0, "std": pytest.approx(math.sqrt(2)), "n": 2, "n_undefined": 1}
-    assert nan_mean_std([1.0, float("nan"), 3.0]) == expected
-    assert math.isnan(nan_mean_std([float("nan")])["mean"])
 
 
 def _hand_study(ifim_ratio, gradcam_ratio, ifim_pearson=0.1, gradcam_pearson=0.5):

@@ -378,9 +378,13 @@ def classification_metric(name: str, num_classes: int) -> MetricsLambda:
 
 
 def mean_std(values: Sequence[float]) -> Dict[str, float]:
-    """Mean and sample standard deviation (ddof 1; 0 for one value) over training seeds: Table II's mean +- std."""
+    """Mean and sample standard deviation (ddof 1) of the finite values: Table II's mean +- std over training
+    seeds, and a study's correlations over images. ``n`` counts the finite values, ``n_undefined`` the NaN ones
+    (e.g. the correlation of a constant map); the std of fewer than two values is NaN (reported as n/a, not 0)."""
     array = np.asarray(values, dtype=np.float64)
     if array.size == 0:
         raise ValueError("mean_std needs at least one value.")
-    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if array.size > 1 else 0.0,
-            "n": int(array.size)}
+    finite = array[np.isfinite(array)]
+    return {"mean": float(finite.mean()) if finite.size else math.nan,
+            "std": float(finite.std(ddof=1)) if finite.size > 1 else math.nan,
+            "n": int(finite.size), "n_undefined": int(array.size - finite.size)}

@@ -24,7 +24,6 @@ results do not depend on batch size, data order or the number of processes: stud
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -37,6 +36,7 @@ from .metrics import (
     eval_logits,
     fgsm,
     image_seeds,
+    mean_std,
     pearson_per_image,
     perturbation_masks,
     perturbation_scores,
@@ -46,7 +46,7 @@ from .metrics import (
     spearman_per_image,
 )
 
-__all__ = ["STUDY_MAPS", "PERTURBATION_METHODS", "AttributionStudy", "nan_mean_std", "background_images"]
+__all__ = ["STUDY_MAPS", "PERTURBATION_METHODS", "AttributionStudy", "background_images"]
 
 IFIM_MAPS = ("ifim_sensitive", "ifim_complement")
 # maps compared one by one (FGSM, localization, randomization): the two iFIM parts and every baseline
@@ -54,16 +54,6 @@ STUDY_MAPS = IFIM_MAPS + ("gradcam", "gradcampp", "xgradcam", "eigencam", "score
                           "random")
 # the perturbation study pairs S with I for iFIM; a single map is ranked against itself
 PERTURBATION_METHODS = ("ifim",) + STUDY_MAPS[2:]
-
-
-def nan_mean_std(values: Sequence[float]) -> Dict[str, float]:
-    """Mean and sample std (ddof 1) of the finite values; ``n`` counts them and ``n_undefined`` the NaN ones
-    (e.g. the correlation of a constant map)."""
-    array = np.asarray(values, dtype=np.float64)
-    finite = array[np.isfinite(array)]
-    mean = float(finite.mean()) if finite.size else math.nan
-    std = float(finite.std(ddof=1)) if finite.size > 1 else (0.0 if finite.size else math.nan)
-    return {"mean": mean, "std": std, "n": int(finite.size), "n_undefined": int(array.size - finite.size)}
 
 
 def background_images(entries: Sequence[Mapping], transform: Callable, n: int = 16, seed: int = 0,
@@ -261,9 +251,9 @@ class AttributionStudy:
             "noise": {"mean": self.noise_mean, "std": self.noise_std, "seed": self.seed}, "rho": self.rho,
             "perturbation": perturbation,
             "fgsm": {"epsilon": self.epsilon, "flip_rate": float(torch.cat(self.flipped).double().mean()),
-                     "pearson": {m: nan_mean_std(self.pearson[m]) for m in self.maps}},
+                     "pearson": {m: mean_std(self.pearson[m]) for m in self.maps}},
             "localization": localization,
-            "randomization": {m: nan_mean_std(self.spearman[m]) for m in self.maps},
+            "randomization": {m: mean_std(self.spearman[m]) for m in self.maps},
             "topk_overlap_ifim_sensitive_vs_gradient": {f"{a:g}": float(np.mean(v)) for a, v in
                                                         self.topk_overlap.items() if v},
         }
