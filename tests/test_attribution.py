@@ -182,3 +182,23 @@ def test_cams_peak_on_the_pixel_that_drives_the_class(method):
     assert maps.shape == (2, 1, 12, 12) and maps.min() >= 0 and maps.max() <= 1
     assert maps[0, 0].argmax().item() == 3 * 12 + 7 and maps[1, 0].argmax().item() == 9 * 12 + 2
     assert maps[0, 0, 3, 7] == 1.0 and maps[0, 0, 0, 11] < maps[0, 0, 0, 0]  # ordered as the image, not flipped
+
+
+def test_eigencam_of_rank_one_activations_is_their_spatial_pattern():
+    """Activations v_c * x_p (a 1x1 convolution of a non-negative image, then ReLU) have one principal component,
+    v; projected on it, oriented along the mean activation and scaled to [0, 1], they give the image itself."""
+    from torch import nn
+
+    class RankOne(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 4, 1, bias=False), nn.ReLU())
+            self.features[0].weight.data = torch.tensor([0.5, 2.0, -1.0, 1.5]).view(4, 1, 1, 1)
+            self.classifier = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.classifier(self.features(x).mean((2, 3)))
+
+    x = torch.rand(2, 1, 6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = (x - x.amin((2, 3), keepdim=True)) / (x.amax((2, 3), keepdim=True) - x.amin((2, 3), keepdim=True))
+    torch.testing.assert_close(attribute("eigencam", RankOne().double(), x), expected, rtol=1e-9, atol=1e-12)
