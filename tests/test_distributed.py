@@ -94,7 +94,8 @@ def _assert_close(a, b, path=""):
         for i, (u, v) in enumerate(zip(a, b)):
             _assert_close(u, v, f"{path}/{i}")
     elif isinstance(a, float):
-        assert b == pytest.approx(a, rel=1e-6, abs=1e-9), path
+        # float32 maps: a correlation, or a difference of two near-equal ones, agrees to float32 round-off (~1e-7)
+        assert b == pytest.approx(a, rel=1e-6, abs=1e-6), path
     else:
         assert a == b, path
 

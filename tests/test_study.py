@@ -17,7 +17,7 @@ from scripts.attribution import attribute
 from scripts.metrics import contrastive_perturbation, fgsm, pearson_per_image, signal_localization
 from scripts.networks import ShallowCNN
 from scripts.report import findings, write_report
-from scripts.study import STUDY_MAPS, AttributionStudy
+from scripts.study import STUDY_MAPS, AttributionStudy, unit_bootstrap_weights
 
 ALPHAS = (0.01, 0.05)
 
@@ -129,6 +129,42 @@ def test_shares_merged_equal_the_whole_whatever_the_batches(batch, studied):
         np.testing.assert_allclose(a["maps"]["ifim_sensitive"], b["maps"]["ifim_sensitive"], rtol=1e-9)
 
 
+def test_intervals_resample_units_not_images(batch):
+    """Six images of one unit (one slice, augmented): every resample is the whole set, so each interval collapses
+    on its estimate; six units: the intervals open around it."""
+    model, x, y, centers, sigmas = batch
+    methods = ("ifim_sensitive", "gradcam")
+    one = AttributionStudy(methods, alphas=ALPHAS, noise_mean=0.5, noise_std=0.25, seed=3, n_bootstrap=200)
+    one.update(model, x, y, centers, sigmas, units=["slice 40"] * 6)
+    results = one.compute()
+    assert results["units"] == {"n": 1, "images_per_unit": [6, 6]}
+    intervals = results["intervals"]
+    for method, per_alpha in results["perturbation"].items():
+        for alpha, values in per_alpha.items():
+            for key in ("drop_high", "drop_low", "drop_random"):
+                assert intervals["perturbation"][method][alpha][key] == pytest.approx([values[key]] * 2)
+    point = results["fgsm"]["pearson"]["gradcam"]["mean"]
+    assert intervals["fgsm_pearson"]["gradcam"] == pytest.approx([point, point])
+    separate = AttributionStudy(methods, alphas=ALPHAS, noise_mean=0.5, noise_std=0.25, seed=3, n_bootstrap=200)
+    separate.update(model, x, y, centers, sigmas)
+    results = separate.compute()
+    assert results["units"] == {"n": 6, "images_per_unit": [1, 1]}
+    low, high = results["intervals"]["fgsm_pearson"]["gradcam"]
+    assert low < results["fgsm"]["pearson"]["gradcam"]["mean"] < high
+    with pytest.raises(ValueError, match="2 units for 6 images"):
+        separate.update(model, x, y, units=["a", "b"])
+
+
+def test_unit_bootstrap_weights_draw_whole_units():
+    units = ["s1", "s2", "s1", "s3", "s2", "s1"]
+    weights = unit_bootstrap_weights(units, 500, seed=0)
+    assert weights.shape == (500, 6)
+    assert (weights[:, 0] == weights[:, 2]).all() and (weights[:, 0] == weights[:, 5]).all()  # a unit's images
+    assert (weights[:, 1] == weights[:, 4]).all()                                             # move together
+    assert (weights[:, [0, 1, 3]].sum(1) == 3).all()  # three units drawn per resample
+    assert (unit_bootstrap_weights(units, 500, seed=0) == weights).all()
+
+
 def _hand_study(ifim_ratio, gradcam_ratio, ifim_pearson=0.1, gradcam_pearson=0.5):
     def scores(ratio, drop_high, drop_random):
         return {"0.01": {"f1_clean": 0.9, "f1_high": 0.5, "f1_low": 0.5 * ratio, "f1_random": 0.9 - drop_random,
@@ -163,6 +199,27 @@ def test_findings_follow_the_numbers():
     study = _hand_study(1.8, 1.2)
     study["perturbation"]["ifim"]["0.01"]["drop_high"] = 0.05  # below the random control's 0.1
     assert "no more than replacing random pixels" in "\n".join(findings(study))
+
+
+def test_findings_weigh_the_paired_bootstrap_intervals():
+    """A claim that holds on the point estimates is 'not resolved' when the interval of the paired difference
+    includes 0, 'clear of 0' when it does not, and a failed claim says when the difference is clear the other way."""
+    study = _hand_study(1.8, 1.2)
+    study["intervals"] = {"ratio_ifim_minus": {"0.01": {"gradcam": [-0.1, 1.2]}},
+                          "fgsm_pearson_ifim_sensitive_minus": {"gradcam": [-0.6, -0.2]}}
+    text = "\n".join(findings(study))
+    assert ("highest F1 ratio holds, but the 95 % interval of the difference includes 0 (ifim minus gradcam: "
+            "[-0.100, 1.200]): not resolved by this test set") in text
+    assert ("lowest clean/adversarial correlation holds, and the 95 % interval of the difference stays clear of 0 "
+            "(ifim_sensitive minus gradcam: [-0.600, -0.200])") in text
+    study["intervals"]["ratio_ifim_minus"]["0.01"]["gradcam"] = [0.2, 1.0]
+    assert "ratio holds, and the 95 % interval of the difference stays clear of 0" in "\n".join(findings(study))
+    study["intervals"]["fgsm_pearson_ifim_sensitive_minus"]["gradcam"] = [1e-8, 1.2e-8]  # identical rankings
+    assert "the 95 % interval of the difference stays within +-0.001" in "\n".join(findings(study))
+    study = _hand_study(1.2, 1.5)
+    study["intervals"] = {"ratio_ifim_minus": {"0.01": {"gradcam": [-0.5, -0.1]}}}
+    assert ("does not hold: gradcam is higher (1.500); the 95 % interval of the difference is clear of 0 the other "
+            "way") in "\n".join(findings(study))
 
 
 def _examples(n=2, size=12):

@@ -311,6 +311,8 @@ class AttributionStudyHandler:
         methods, alphas, noise_mean, noise_std, epsilon, seed, rho, max_images, n_examples, background: see
             :class:`scripts.study.AttributionStudy`.
         model: the classifier; default ``engine.network``.
+        unit_key: batch key of each image's independent unit (``scripts.tasks.task_unit_key``: slice, subject or
+            patient), the unit the report's bootstrap intervals resample; None: each image its own unit.
         seed_table: Table II (:func:`scripts.workflows.seed_table`), shown in the report.
         context: run settings shown at the top of the report.
     """
@@ -321,11 +323,12 @@ class AttributionStudyHandler:
                  n_examples: int = 4, model: Optional[nn.Module] = None, image_key: str = "image",
                  label_key: str = "label", center_key: str = "signal_center", sigma_key: str = "signal_sigma",
                  seed_table: Optional[dict] = None, context: Optional[Mapping[str, Any]] = None,
-                 state_key: str = "study", prefix: str = "study", background: Optional[torch.Tensor] = None):
+                 state_key: str = "study", prefix: str = "study", background: Optional[torch.Tensor] = None,
+                 unit_key: Optional[str] = None):
         self.report_dir = None if report_dir is None else Path(report_dir)
         self.study = AttributionStudy(methods, alphas, noise_mean, noise_std, epsilon, seed, rho, max_images,
                                       n_examples, background=background)
-        self.max_images = max_images
+        self.max_images, self.unit_key = max_images, unit_key
         self.model, self.image_key, self.label_key = model, image_key, label_key
         self.center_key, self.sigma_key = center_key, sigma_key
         self.seed_table, self.context = seed_table, dict(context or {})
@@ -352,7 +355,11 @@ class AttributionStudyHandler:
         known = all(self.center_key in item and self.sigma_key in item for item in items)
         centers = torch.stack([torch.as_tensor(item[self.center_key]).view(-1) for item in items]) if known else None
         sigmas = torch.stack([torch.as_tensor(item[self.sigma_key]).view(()) for item in items]) if known else None
-        self.study.update(model, images.to(device), labels, centers, sigmas)
+        if self.unit_key is not None and not all(self.unit_key in item for item in items):
+            raise KeyError(f"the batch items carry no {self.unit_key!r} (the unit_key of the study's intervals).")
+        units = None if self.unit_key is None else [_values(item[self.unit_key])[0] if isinstance(
+            item[self.unit_key], torch.Tensor) else item[self.unit_key] for item in items]
+        self.study.update(model, images.to(device), labels, centers, sigmas, units)
 
     def _finish(self, engine: Engine) -> None:
         if distributed.world_size() > 1:  # every rank merges the same studies in rank order: the same results
@@ -362,6 +369,7 @@ class AttributionStudyHandler:
         if not self.study.labels:
             return
         results = self.study.compute()
+        results["units"]["key"] = self.unit_key
         setattr(engine.state, self.state_key, results)
         metrics = engine.state.metrics
         for method, per_alpha in results["perturbation"].items():

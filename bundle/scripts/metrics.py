@@ -151,21 +151,22 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
 def scores_from_confusion(confusion) -> Dict[str, float]:
     """Precision, recall and F1 from a ``(C, C)`` confusion matrix (rows true, columns predicted): of the positive
     class (label 1) when C = 2, macro-averaged over all C classes otherwise; an undefined ratio (no such prediction
-    or label) counts 0, as scikit-learn's ``zero_division=0``.
+    or label) counts 0, as scikit-learn's ``zero_division=0``. A stack ``(..., C, C)`` (e.g. bootstrap resamples,
+    weighted counts) gives arrays ``(...)`` instead of floats.
 
     Counts, unlike lists of predictions, add up over batches and processes (an all-reduce under DDP)."""
     confusion = np.asarray(confusion, dtype=np.float64)
-    tp = np.diag(confusion)
-    predicted, actual = confusion.sum(0), confusion.sum(1)
+    tp = np.diagonal(confusion, axis1=-2, axis2=-1)
+    predicted, actual = confusion.sum(-2), confusion.sum(-1)
 
     def ratio(num, den):
         return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
     per_class = {"precision": ratio(tp, predicted), "recall": ratio(tp, actual),
                  "f1": ratio(2 * tp, predicted + actual)}
-    if len(confusion) == 2:
-        return {name: float(values[1]) for name, values in per_class.items()}
-    return {name: float(values.mean()) for name, values in per_class.items()}
+    scores = {name: values[..., 1] if confusion.shape[-1] == 2 else values.mean(-1)
+              for name, values in per_class.items()}
+    return {name: float(v) for name, v in scores.items()} if confusion.ndim == 2 else scores
 
 
 def f1(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> float:
@@ -215,13 +216,24 @@ def perturbed_predictions(model: Callable[[torch.Tensor], torch.Tensor], x: torc
     return predictions
 
 
-def perturbation_scores(y: torch.Tensor, predictions: Dict, num_classes: int) -> Dict[float, Dict[str, float]]:
-    """F1 scores of the perturbed sets over a whole evaluation set (see :func:`contrastive_perturbation`)."""
-    y_list = y.tolist()
-    f1_clean = f1(y_list, predictions["clean"].tolist(), num_classes)
+def perturbation_scores(y: torch.Tensor, predictions: Dict, num_classes: int,
+                        weights: Optional[np.ndarray] = None) -> Dict[float, Dict[str, float]]:
+    """F1 scores of the perturbed sets over a whole evaluation set (see :func:`contrastive_perturbation`).
+    ``weights`` ``(R, N)``: each image's count in R resamples (a bootstrap); every score is then an array ``(R,)``."""
+    y_codes = np.asarray(y.tolist(), dtype=np.int64) * num_classes
+
+    def f1_of(predicted: torch.Tensor):
+        codes = y_codes + np.asarray(predicted.tolist(), dtype=np.int64)
+        if weights is None:
+            counts = np.bincount(codes, minlength=num_classes**2)
+        else:  # (R, N) @ (N, C^2): the weighted confusion matrix of every resample at once
+            counts = weights @ np.eye(num_classes**2)[codes]
+        return scores_from_confusion(counts.reshape(*counts.shape[:-1], num_classes, num_classes))["f1"]
+
+    f1_clean = f1_of(predictions["clean"])
     results: Dict[float, Dict[str, float]] = {}
     for alpha in sorted({key[0] for key in predictions if key != "clean"}):
-        scores = {name: f1(y_list, predictions[(alpha, name)].tolist(), num_classes) for name in PERTURBED_SETS}
+        scores = {name: f1_of(predictions[(alpha, name)]) for name in PERTURBED_SETS}
         results[alpha] = {"f1_clean": f1_clean, "f1_high": scores["high"], "f1_low": scores["low"],
                           "f1_random": scores["random"], "ratio": _ratio(scores["low"], scores["high"]),
                           "drop_high": f1_clean - scores["high"], "drop_low": f1_clean - scores["low"],
@@ -229,8 +241,12 @@ def perturbation_scores(y: torch.Tensor, predictions: Dict, num_classes: int) ->
     return results
 
 
-def _ratio(low: float, high: float) -> float:
-    """F1_low / F1_high; ``inf`` when only F1_high is 0, NaN when both are (a model that never finds class 1)."""
+def _ratio(low, high):
+    """F1_low / F1_high; ``inf`` when only F1_high is 0, NaN when both are (a model that never finds class 1).
+    Floats, or arrays of resamples."""
+    if np.ndim(high):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(high > 0, low / np.where(high > 0, high, 1.0), np.where(low > 0, np.inf, np.nan))
     if high > 0:
         return low / high
     return math.inf if low > 0 else math.nan

@@ -78,6 +78,29 @@ def _verdict(scores: Mapping[str, float], ours: str, best: Optional[str], direct
     return f"does not hold: {best} is {direction} ({_fmt(scores[best]) if best else 'n/a'})"
 
 
+def _paired(verdict: str, differences: Mapping[str, Sequence[float]], ours: str, other: Optional[str],
+            sign: float) -> str:
+    """Add to a verdict what the paired bootstrap interval of ``ours`` minus ``other`` says: whether the difference
+    in the claimed direction (``sign`` +1: ours higher) stays clear of 0 over the interval."""
+    if other is None or other not in differences:
+        return verdict
+    low, high = differences[other]
+    if low is None or high is None or (isinstance(low, float) and math.isnan(low)):
+        return verdict
+    text = f"{ours} minus {other}: [{_fmt(low)}, {_fmt(high)}]"
+    if max(abs(low), abs(high)) <= TIE:  # the same ranking (e.g. S and the gradient for C = 2): round-off only
+        return f"{verdict}; the 95 % interval of the difference stays within +-{TIE:g} ({text})"
+    if (sign > 0 and low > TIE) or (sign < 0 and high < -TIE):
+        return f"{verdict}, and the 95 % interval of the difference stays clear of 0 ({text})"
+    if (sign > 0 and high < -TIE) or (sign < 0 and low > TIE):
+        return f"{verdict}; the 95 % interval of the difference is clear of 0 the other way ({text})"
+    return f"{verdict}, but the 95 % interval of the difference includes 0 ({text}): not resolved by this test set"
+
+
+def _runner_up(scores: Mapping[str, float], ours: str, highest: bool) -> Optional[str]:
+    return _best({m: v for m, v in scores.items() if m != ours}, highest)
+
+
 def findings(study: dict, seed_table: Optional[dict] = None) -> List[str]:
     """Plain statements, each derived from the numbers: what holds of the paper's claims and what does not."""
     lines = []
@@ -86,7 +109,10 @@ def findings(study: dict, seed_table: Optional[dict] = None) -> List[str]:
         ratios = {m: v[alpha]["ratio"] for m, v in perturbation.items()}
         best = _best(ratios, highest=True)
         if "ifim" in ratios:
-            verdict = _verdict(ratios, "ifim", best, "higher")
+            other = _runner_up(ratios, "ifim", highest=True) if best == "ifim" else best
+            verdict = _paired(_verdict(ratios, "ifim", best, "higher"),
+                              (study.get("intervals") or {}).get("ratio_ifim_minus", {}).get(alpha, {}), "ifim",
+                              other, +1)
             lines.append(f"alpha = {100 * float(alpha):g} %: the claim that iFIM gets the highest F1 ratio {verdict}; "
                          f"iFIM's ratio is {_fmt(ratios['ifim'])}.")
             ifim = perturbation["ifim"][alpha]
@@ -98,7 +124,10 @@ def findings(study: dict, seed_table: Optional[dict] = None) -> List[str]:
     correlations = {m: v["mean"] for m, v in study["fgsm"]["pearson"].items()}
     lowest = _best(correlations, highest=False)
     if "ifim_sensitive" in correlations:
-        verdict = _verdict(correlations, "ifim_sensitive", lowest, "lower")
+        other = _runner_up(correlations, "ifim_sensitive", highest=False) if lowest == "ifim_sensitive" else lowest
+        verdict = _paired(_verdict(correlations, "ifim_sensitive", lowest, "lower"),
+                          (study.get("intervals") or {}).get("fgsm_pearson_ifim_sensitive_minus", {}),
+                          "ifim_sensitive", other, -1)
         lines.append(f"FGSM (epsilon {study['fgsm']['epsilon']:g}, {_fmt(100 * study['fgsm']['flip_rate'], 1)} % of "
                      f"predictions flipped): the claim that the iFIM sensitive map has the lowest clean/adversarial "
                      f"correlation {verdict}; its mean correlation is {_fmt(correlations['ifim_sensitive'])}. Low "
@@ -129,6 +158,19 @@ def findings(study: dict, seed_table: Optional[dict] = None) -> List[str]:
                      f"{_fmt(seed_table['precision']['mean'])} +- {_fmt(seed_table['precision']['std'])}, recall "
                      f"{_fmt(seed_table['recall']['mean'])} +- {_fmt(seed_table['recall']['std'])}.")
     return lines
+
+
+def _ci(study: dict, path: Sequence[str], scale: float = 1.0) -> str:
+    """`` [low, high]`` of the study's interval at ``path`` under ``intervals``; empty where there is none."""
+    node = study.get("intervals")
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return ""
+        node = node[key]
+    low, high = node
+    if low is None or high is None or (isinstance(low, float) and math.isnan(low)):
+        return ""
+    return f" [{_fmt(scale * low, 1 if scale != 1 else 3)}, {_fmt(scale * high, 1 if scale != 1 else 3)}]"
 
 
 def _perturbation_rows(study: dict) -> List[list]:
@@ -199,7 +241,17 @@ def _markdown(study: dict, test_metrics: Mapping[str, float], seed_table: Option
     if context:
         parts += ["Run: " + ", ".join(f"{k} = `{v}`" for k, v in context.items()), ""]
     parts += [f"{study['n_images']} test images, {study['num_classes']} classes, iFIM rho = {study['rho']}. "
-              "Every number below was computed by this run.", "", "## Findings", ""]
+              "Every number below was computed by this run.", ""]
+    units, intervals = study.get("units"), study.get("intervals")
+    if units and intervals:
+        low, high = units["images_per_unit"]
+        kind = f"{units['key']}s" if units.get("key") else "units (each image its own)"
+        each = f"{low}" if low == high else f"{low}-{high}"
+        parts += [f"The test images come from {units['n']} independent {kind}, {each} images each. Intervals in "
+                  f"[brackets] are {100 * intervals['level']:g} % cluster-bootstrap intervals over those units "
+                  f"({intervals['resamples']} resamples): they reflect how many independent units the numbers rest "
+                  "on, not the number of images.", ""]
+    parts += ["## Findings", ""]
     parts += [f"- {line}" for line in findings(study, seed_table)] + [""]
     if test_metrics:
         parts += ["## Test metrics of the evaluated checkpoint", "",
@@ -219,16 +271,18 @@ def _markdown(study: dict, test_metrics: Mapping[str, float], seed_table: Option
               "bottom-k of the same map; `random`: k random pixels (control). F1 of class 1 (C = 2) or macro.", "",
               _table(["method"] + [f"ratio {100 * float(a):g} %" for a in alphas]
                      + [f"drop high / low / random {100 * float(a):g} %" for a in alphas],
-                     [[m] + [_fmt(v[a]["ratio"]) for a in alphas]
-                      + [" / ".join(_fmt(v[a][f"drop_{s}"]) for s in ("high", "low", "random")) for a in alphas]
+                     [[m] + [_fmt(v[a]["ratio"]) + _ci(study, ("perturbation", m, a, "ratio")) for a in alphas]
+                      + [" / ".join(_fmt(v[a][f"drop_{s}"]) + _ci(study, ("perturbation", m, a, f"drop_{s}"))
+                                    for s in ("high", "low", "random")) for a in alphas]
                       for m, v in study["perturbation"].items()]), "",
               f"![ratio]({figures['fig3']})", "", f"![drops]({figures['drops']})", ""]
     fgsm = study["fgsm"]
     parts += ["## Stability under FGSM (eq. 27, Fig. 4)", "",
-              f"epsilon = {fgsm['epsilon']:g}; predictions flipped: {_fmt(100 * fgsm['flip_rate'], 1)} %. Maps of x "
-              "and x_adv explain the same (clean predicted) class.", "",
+              f"epsilon = {fgsm['epsilon']:g}; predictions flipped: {_fmt(100 * fgsm['flip_rate'], 1)} %"
+              f"{_ci(study, ('fgsm_flip_rate',), scale=100)}. Maps of x and x_adv explain the same (clean "
+              "predicted) class.", "",
               _table(["map", "Pearson mean", "std", "images", "undefined (constant map)"],
-                     [[m, _fmt(v["mean"]), _fmt(v["std"]), v["n"], v["n_undefined"]]
+                     [[m, _fmt(v["mean"]) + _ci(study, ("fgsm_pearson", m)), _fmt(v["std"]), v["n"], v["n_undefined"]]
                       for m, v in fgsm["pearson"].items()]), "", f"![fgsm]({figures['fig4']})", ""]
     if study.get("localization"):
         parts += ["## Localization of the known signal", "",
@@ -243,8 +297,8 @@ def _markdown(study: dict, test_metrics: Mapping[str, float], seed_table: Option
               "Spearman correlation between the maps of the trained model and of a copy with every parameter "
               "re-initialised (Adebayo et al. 2018). A map that passes changes: low correlation.", "",
               _table(["map", "Spearman mean", "std", "images", "undefined"],
-                     [[m, _fmt(v["mean"]), _fmt(v["std"]), v["n"], v["n_undefined"]]
-                      for m, v in study["randomization"].items()]), "",
+                     [[m, _fmt(v["mean"]) + _ci(study, ("randomization", m)), _fmt(v["std"]), v["n"],
+                       v["n_undefined"]] for m, v in study["randomization"].items()]), "",
               f"![randomization]({figures['randomization']})", ""]
     if overlay:
         parts += ["## Maps (Fig. 1-2)", "", "Each map in contrast-adjusted jet over the image; red box: the inserted "

@@ -16,6 +16,12 @@ of :data:`STUDY_MAPS` (``scripts.attribution.attribute``), with the model's pred
 * for C = 2, the overlap of the top-k sets of S(x) and of the vanilla gradient (equal in exact arithmetic: for a
   binary softmax both are multiples of |grad(z_1 - z_0)|).
 
+Uncertainty: the test images are not independent (the default task's images are augmented copies of a dozen
+slices of one brain; OCT and CXR have several images per patient), so every interval is a cluster bootstrap over
+the independent units each image comes from (``units``: slices, subjects or patients): each resample draws units
+with replacement and takes all their images (:func:`unit_bootstrap_weights`), and the 95 % interval is the
+percentile interval of the statistic over the resamples.
+
 Every random draw for an image (noise, random pixels, tie-breaking, the random map, GradientShap) comes from the
 image's own seed (``scripts.metrics.image_seeds``), and the figure's examples are chosen by that seed too, so the
 results do not depend on batch size, data order or the number of processes: studies of the shares of a dataset
@@ -24,6 +30,7 @@ results do not depend on batch size, data order or the number of processes: stud
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -46,7 +53,8 @@ from .metrics import (
     spearman_per_image,
 )
 
-__all__ = ["STUDY_MAPS", "PERTURBATION_METHODS", "AttributionStudy", "background_images"]
+__all__ = ["STUDY_MAPS", "PERTURBATION_METHODS", "AttributionStudy", "background_images", "unit_bootstrap_weights",
+           "percentile_interval"]
 
 IFIM_MAPS = ("ifim_sensitive", "ifim_complement")
 # maps compared one by one (FGSM, localization, randomization): the two iFIM parts and every baseline
@@ -69,6 +77,42 @@ def background_images(entries: Sequence[Mapping], transform: Callable, n: int = 
     return torch.stack(images).float()
 
 
+def unit_bootstrap_weights(units: Sequence, n_resamples: int, seed: int = 0) -> np.ndarray:
+    """``(n_resamples, N)`` image weights of a cluster bootstrap: each resample draws as many units as there are
+    (with replacement) and counts each image as often as its unit was drawn."""
+    unique, inverse = np.unique(np.asarray([str(u) for u in units]), return_inverse=True)
+    draws = np.random.default_rng(seed).multinomial(len(unique), np.full(len(unique), 1 / len(unique)),
+                                                    size=n_resamples)
+    return draws[:, inverse].astype(np.float64)
+
+
+def percentile_interval(values, level: float = 0.95) -> List[float]:
+    """``[low, high]`` percentile interval of resampled statistics (NaN resamples left out; NaN when none)."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).any() and not np.isinf(values).any():
+        return [math.nan, math.nan]
+    tail = (1 - level) / 2 * 100
+    low, high = np.nanpercentile(values, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
+def _resampled_means(values: Sequence[float], weights: np.ndarray) -> np.ndarray:
+    """``(R,)`` means of per-image ``values`` (NaN ones left out) under each resample's ``weights``."""
+    array = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(array)
+    totals = weights[:, finite].sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, weights[:, finite] @ array[finite] / totals, np.nan)
+
+
+def _differences(resampled: Dict[str, np.ndarray], ours: str) -> Dict[str, List[float]]:
+    """Interval of ``ours`` minus every other method, resample by resample (the paired comparison)."""
+    if ours not in resampled:
+        return {}
+    with np.errstate(invalid="ignore"):
+        return {m: percentile_interval(resampled[ours] - v) for m, v in resampled.items() if m != ours}
+
+
 class AttributionStudy:
     """Accumulate the map comparison over batches.
 
@@ -85,12 +129,13 @@ class AttributionStudy:
         radius_in_sigmas: localization disk radius.
         background: GradientShap's baselines ``(N, C_in, *spatial)`` (e.g. training images); default one all-zero
             image.
+        n_bootstrap: resamples of the cluster bootstrap over units behind every interval.
     """
 
     def __init__(self, methods: Sequence[str] = STUDY_MAPS, alphas: Sequence[float] = (0.01, 0.02, 0.03),
                  noise_mean: float = 0.0, noise_std: float = 1.0, epsilon: float = 0.01, seed: int = 0,
                  rho: float = 0.9, max_images: Optional[int] = None, n_examples: int = 4,
-                 radius_in_sigmas: float = 2.0, background: Optional[torch.Tensor] = None):
+                 radius_in_sigmas: float = 2.0, background: Optional[torch.Tensor] = None, n_bootstrap: int = 1000):
         unknown = set(methods) - set(STUDY_MAPS)
         if unknown or not methods:
             raise ValueError(f"methods must be a non-empty subset of {STUDY_MAPS}; unknown: {sorted(unknown)}.")
@@ -101,7 +146,7 @@ class AttributionStudy:
         self.alphas, self.noise_mean, self.noise_std = tuple(alphas), noise_mean, noise_std
         self.epsilon, self.seed, self.rho = epsilon, seed, rho
         self.max_images, self.n_examples, self.radius = max_images, n_examples, radius_in_sigmas
-        self.background = background
+        self.background, self.n_bootstrap = background, n_bootstrap
         self.reset()
 
     @property
@@ -111,6 +156,7 @@ class AttributionStudy:
     def reset(self) -> None:
         self.n_images, self.n_batches, self.num_classes = 0, 0, 0
         self.labels: List[torch.Tensor] = []
+        self.units: List[str] = []
         self.predictions: Dict[str, Dict] = {m: {} for m in self.perturbation_methods}
         self.flipped: List[torch.Tensor] = []
         self.pearson: Dict[str, List[float]] = {m: [] for m in self.maps}
@@ -139,9 +185,10 @@ class AttributionStudy:
         return maps
 
     def update(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, signal_center: Optional[torch.Tensor] = None,
-               signal_sigma: Optional[torch.Tensor] = None) -> None:
+               signal_sigma: Optional[torch.Tensor] = None, units: Optional[Sequence] = None) -> None:
         """Add one batch: ``x (B, C_in, *spatial)``, labels ``y (B,)``; for a known signal, ``signal_center
-        (B, spatial_dims)`` (-1 where absent) and ``signal_sigma (B,)`` in voxels."""
+        (B, spatial_dims)`` (-1 where absent) and ``signal_sigma (B,)`` in voxels; ``units``: the independent unit
+        (slice, subject, patient) of each image, default each image its own."""
         if self.full:
             return
         if self.max_images is not None:
@@ -149,8 +196,12 @@ class AttributionStudy:
             x, y = x[:keep], y[:keep]
             signal_center = None if signal_center is None else signal_center[:keep]
             signal_sigma = None if signal_sigma is None else signal_sigma[:keep]
+            units = None if units is None else list(units)[:keep]
         y = torch.as_tensor(y).view(-1).long().to(x.device)
         seeds = image_seeds(x, self.seed)  # (B,): every draw for an image, wherever it sits
+        if units is not None and len(units) != len(x):
+            raise ValueError(f"{len(units)} units for {len(x)} images.")
+        self.units += [f"image {s}" for s in seeds.tolist()] if units is None else [str(u) for u in units]
         logits = eval_logits(model, x)
         self.num_classes = int(logits.shape[1])
         target = logits.argmax(1)
@@ -218,6 +269,7 @@ class AttributionStudy:
             self.n_batches += other.n_batches
             self.num_classes = max(self.num_classes, other.num_classes)
             self.labels += other.labels
+            self.units += other.units
             self.flipped += other.flipped
             for method, predictions in other.predictions.items():
                 for key, values in predictions.items():
@@ -237,20 +289,39 @@ class AttributionStudy:
         if not self.labels:
             raise RuntimeError("the study saw no images.")
         y = torch.cat(self.labels)
-        perturbation = {}
+        weights = unit_bootstrap_weights(self.units, self.n_bootstrap, self.seed)
+        perturbation, perturbation_ci, resampled_ratios = {}, {}, {}
         for method in self.perturbation_methods:
             merged = {key: torch.cat(values) for key, values in self.predictions[method].items()}
             scores = perturbation_scores(y, merged, self.num_classes)
             perturbation[method] = {f"{alpha:g}": values for alpha, values in scores.items()}
+            resampled = perturbation_scores(y, merged, self.num_classes, weights)
+            perturbation_ci[method] = {f"{alpha:g}": {key: percentile_interval(v) for key, v in values.items()}
+                                       for alpha, values in resampled.items()}
+            resampled_ratios[method] = {f"{alpha:g}": values["ratio"] for alpha, values in resampled.items()}
+        pearson_means = {m: _resampled_means(self.pearson[m], weights) for m in self.maps}
+        flipped = torch.cat(self.flipped).double().numpy()
         localization = {m: {key: float(np.mean(values)) for key, values in self.localization[m].items()}
                         for m in self.maps if self.localization[m]}
         for m in localization:
             localization[m]["n"] = len(self.localization[m]["pointing_hit"])
+        unique_units, counts = np.unique(np.asarray(self.units), return_counts=True)
         return {
             "n_images": self.n_images, "num_classes": self.num_classes, "alphas": list(self.alphas),
+            "units": {"n": int(len(unique_units)), "images_per_unit": [int(counts.min()), int(counts.max())]},
+            "intervals": {"level": 0.95, "resamples": self.n_bootstrap, "perturbation": perturbation_ci,
+                          "fgsm_flip_rate": percentile_interval(_resampled_means(flipped, weights)),
+                          "fgsm_pearson": {m: percentile_interval(v) for m, v in pearson_means.items()},
+                          "randomization": {m: percentile_interval(_resampled_means(self.spearman[m], weights))
+                                            for m in self.maps},
+                          # paired: the resample's iFIM value minus the other method's, for the paper's claims
+                          "ratio_ifim_minus": {f"{a:g}": _differences({m: r[f"{a:g}"] for m, r in
+                                                                       resampled_ratios.items()}, "ifim")
+                                               for a in self.alphas},
+                          "fgsm_pearson_ifim_sensitive_minus": _differences(pearson_means, "ifim_sensitive")},
             "noise": {"mean": self.noise_mean, "std": self.noise_std, "seed": self.seed}, "rho": self.rho,
             "perturbation": perturbation,
-            "fgsm": {"epsilon": self.epsilon, "flip_rate": float(torch.cat(self.flipped).double().mean()),
+            "fgsm": {"epsilon": self.epsilon, "flip_rate": float(flipped.mean()),
                      "pearson": {m: mean_std(self.pearson[m]) for m in self.maps}},
             "localization": localization,
             "randomization": {m: mean_std(self.spearman[m]) for m in self.maps},

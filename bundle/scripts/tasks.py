@@ -22,8 +22,8 @@ from .data import build_cxr_datalist, build_hcp_datalist, build_oct_datalist, bu
 from .sources import DEFAULT_MAX_VOXELS, AsOwnGridd
 from .transforms import image_transforms, mri_transforms
 
-__all__ = ["TASKS", "TASK_CLASSES", "task_num_classes", "task_class_names", "task_datalist", "task_transforms",
-           "inference_datalist", "inference_transforms"]
+__all__ = ["TASKS", "TASK_CLASSES", "TASK_UNIT_KEYS", "task_unit_key", "task_num_classes", "task_class_names",
+           "task_datalist", "task_transforms", "inference_datalist", "inference_transforms"]
 
 TASK_CLASSES = {  # task -> class names, in label order
     "sksbks": ("signal absent", "signal present"),
@@ -32,6 +32,9 @@ TASK_CLASSES = {  # task -> class names, in label order
     "cxr": ("no cardiomegaly", "cardiomegaly"),
 }
 TASKS = {task: len(names) for task, names in TASK_CLASSES.items()}  # task -> number of classes
+# task -> datalist key of each image's independent unit: the default task's images are augmented copies of slices
+# of one brain; HCP has subjects; OCT and CXR have several images per patient
+TASK_UNIT_KEYS = {"sksbks": "slice", "sksbks_hcp": "subject", "oct": "patient", "cxr": "patient"}
 
 
 def _check(task: str) -> None:
@@ -42,6 +45,12 @@ def _check(task: str) -> None:
 def task_num_classes(task: str) -> int:
     _check(task)
     return TASKS[task]
+
+
+def task_unit_key(task: str) -> str:
+    """The datalist key of the independent unit an image of ``task`` comes from (slice, subject or patient)."""
+    _check(task)
+    return TASK_UNIT_KEYS[task]
 
 
 def task_class_names(task: str) -> List[str]:
