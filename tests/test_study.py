@@ -145,12 +145,16 @@ def test_intervals_resample_units_not_images(batch):
                 assert intervals["perturbation"][method][alpha][key] == pytest.approx([values[key]] * 2)
     point = results["fgsm"]["pearson"]["gradcam"]["mean"]
     assert intervals["fgsm_pearson"]["gradcam"] == pytest.approx([point, point])
+    energy = results["localization"]["gradcam"]["energy_fraction"]  # over the 3 positives with a known signal
+    assert intervals["localization"]["gradcam"]["energy_fraction"] == pytest.approx([energy, energy])
     separate = AttributionStudy(methods, alphas=ALPHAS, noise_mean=0.5, noise_std=0.25, seed=3, n_bootstrap=200)
     separate.update(model, x, y, centers, sigmas)
     results = separate.compute()
     assert results["units"] == {"n": 6, "images_per_unit": [1, 1]}
     low, high = results["intervals"]["fgsm_pearson"]["gradcam"]
     assert low < results["fgsm"]["pearson"]["gradcam"]["mean"] < high
+    low, high = results["intervals"]["localization"]["gradcam"]["energy_fraction"]
+    assert low < results["localization"]["gradcam"]["energy_fraction"] < high
     with pytest.raises(ValueError, match="2 units for 6 images"):
         separate.update(model, x, y, units=["a", "b"])
 

@@ -193,20 +193,20 @@ def test_checkpoint_of_another_network_is_named(trained, tmp_path):
 
 def test_seed_stamp_changes_with_the_recipe_and_the_architecture(tmp_path, monkeypatch):
     """A seed checkpoint is reused only for the same train.yaml, overrides and network shapes."""
-    import scripts.workflows as workflows
+    import scripts.table2 as table2
     from scripts.networks import ShallowCNN
 
     config = tmp_path / "train.yaml"
     config.write_text("max_epochs: 40\n")
-    stamp = workflows.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2)
-    assert stamp == workflows.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2)
-    assert stamp != workflows.seed_stamp(config, {"image_size": 96}, "shallow_cnn", 2)
+    stamp = table2.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2)
+    assert stamp == table2.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2)
+    assert stamp != table2.seed_stamp(config, {"image_size": 96}, "shallow_cnn", 2)
     config.write_text("max_epochs: 20\n")
-    changed_recipe = workflows.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2)
+    changed_recipe = table2.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2)
     assert changed_recipe != stamp
     # a new width default in networks.py, with train.yaml and overrides unchanged
-    monkeypatch.setattr(workflows, "get_network", lambda name, **kw: ShallowCNN(channels=(8, 16, 32), **kw))
-    assert workflows.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2) != changed_recipe
+    monkeypatch.setattr(table2, "get_network", lambda name, **kw: ShallowCNN(channels=(8, 16, 32), **kw))
+    assert table2.seed_stamp(config, {"image_size": 64}, "shallow_cnn", 2) != changed_recipe
 
 
 def test_inference_on_a_folder_of_a_users_scans(trained, tmp_path):

@@ -313,7 +313,7 @@ class AttributionStudyHandler:
         model: the classifier; default ``engine.network``.
         unit_key: batch key of each image's independent unit (``scripts.tasks.task_unit_key``: slice, subject or
             patient), the unit the report's bootstrap intervals resample; None: each image its own unit.
-        seed_table: Table II (:func:`scripts.workflows.seed_table`), shown in the report.
+        seed_table: Table II (:func:`scripts.table2.seed_table`), shown in the report.
         context: run settings shown at the top of the report.
     """
 

@@ -289,9 +289,11 @@ def _markdown(study: dict, test_metrics: Mapping[str, float], seed_table: Option
                   "Share of map energy inside the disk of radius 2 sigma around the inserted signal, that disk's "
                   "area share (what a uniform map scores), and the pointing-game hit rate, over positives.", "",
                   _table(["map", "energy inside", "area share", "energy / area", "pointing hit", "images"],
-                         [[m, _fmt(v["energy_fraction"]), _fmt(v["area_fraction"]),
+                         [[m, _fmt(v["energy_fraction"]) + _ci(study, ("localization", m, "energy_fraction")),
+                           _fmt(v["area_fraction"]),
                            _fmt(v["energy_fraction"] / v["area_fraction"] if v["area_fraction"] else math.nan, 2),
-                           _fmt(v["pointing_hit"]), v["n"]] for m, v in study["localization"].items()]), "",
+                           _fmt(v["pointing_hit"]) + _ci(study, ("localization", m, "pointing_hit")), v["n"]]
+                          for m, v in study["localization"].items()]), "",
                   f"![localization]({figures['localization']})", ""]
     parts += ["## Model-parameter randomization sanity check", "",
               "Spearman correlation between the maps of the trained model and of a copy with every parameter "
@@ -319,7 +321,7 @@ def write_report(report_dir: os.PathLike, study: dict, examples: Sequence[dict] 
         study: :meth:`scripts.study.AttributionStudy.compute`'s dict.
         examples: :attr:`scripts.study.AttributionStudy.examples`, for the overlay figure.
         test_metrics: the evaluator's metrics (accuracy, precision, ...).
-        seed_table: :func:`scripts.workflows.seed_table`'s dict (Table II), if run.
+        seed_table: :func:`scripts.table2.seed_table`'s dict (Table II), if run.
         context: run settings shown at the top (task, network, checkpoint, ...).
     """
     report_dir = Path(report_dir)

@@ -162,6 +162,7 @@ class AttributionStudy:
         self.pearson: Dict[str, List[float]] = {m: [] for m in self.maps}
         self.spearman: Dict[str, List[float]] = {m: [] for m in self.maps}
         self.localization: Dict[str, Dict[str, List[float]]] = {m: {} for m in self.maps}
+        self.localization_units: List[str] = []  # the unit of each image in the localization lists
         self.topk_overlap: Dict[float, List[float]] = {a: [] for a in self.alphas}
         self.examples: List[dict] = []
         self._random_model: Optional[nn.Module] = None
@@ -231,6 +232,8 @@ class AttributionStudy:
             known = (y == 1) & (centers >= 0).all(1)
             if known.any():
                 sigmas = torch.as_tensor(signal_sigma).to(x.device).view(-1).double()[known]
+                first = len(self.units) - len(x)  # this batch's units were appended above
+                self.localization_units += [self.units[first + i] for i in known.nonzero()[:, 0].tolist()]
                 for m in self.maps:
                     for key, values in signal_localization(maps[m][known], centers[known], sigmas,
                                                            self.radius).items():
@@ -279,6 +282,7 @@ class AttributionStudy:
                 self.spearman[m] += other.spearman[m]
                 for key, values in other.localization[m].items():
                     self.localization[m].setdefault(key, []).extend(values)
+            self.localization_units += other.localization_units
             for alpha in self.alphas:
                 self.topk_overlap[alpha] += other.topk_overlap[alpha]
             self.examples += other.examples
@@ -305,6 +309,11 @@ class AttributionStudy:
                         for m in self.maps if self.localization[m]}
         for m in localization:
             localization[m]["n"] = len(self.localization[m]["pointing_hit"])
+        localization_ci: Dict[str, Dict[str, List[float]]] = {}
+        if self.localization_units:
+            known_weights = unit_bootstrap_weights(self.localization_units, self.n_bootstrap, self.seed)
+            localization_ci = {m: {key: percentile_interval(_resampled_means(values, known_weights))
+                                   for key, values in self.localization[m].items()} for m in localization}
         unique_units, counts = np.unique(np.asarray(self.units), return_counts=True)
         return {
             "n_images": self.n_images, "num_classes": self.num_classes, "alphas": list(self.alphas),
@@ -318,7 +327,8 @@ class AttributionStudy:
                           "ratio_ifim_minus": {f"{a:g}": _differences({m: r[f"{a:g}"] for m, r in
                                                                        resampled_ratios.items()}, "ifim")
                                                for a in self.alphas},
-                          "fgsm_pearson_ifim_sensitive_minus": _differences(pearson_means, "ifim_sensitive")},
+                          "fgsm_pearson_ifim_sensitive_minus": _differences(pearson_means, "ifim_sensitive"),
+                          "localization": localization_ci},
             "noise": {"mean": self.noise_mean, "std": self.noise_std, "seed": self.seed}, "rho": self.rho,
             "perturbation": perturbation,
             "fgsm": {"epsilon": self.epsilon, "flip_rate": float(flipped.mean()),
