@@ -220,15 +220,15 @@ def perturbation_scores(y: torch.Tensor, predictions: Dict, num_classes: int,
                         weights: Optional[np.ndarray] = None) -> Dict[float, Dict[str, float]]:
     """F1 scores of the perturbed sets over a whole evaluation set (see :func:`contrastive_perturbation`).
     ``weights`` ``(R, N)``: each image's count in R resamples (a bootstrap); every score is then an array ``(R,)``."""
-    y_codes = np.asarray(y.tolist(), dtype=np.int64) * num_classes
+    y_list = y.tolist()
 
     def f1_of(predicted: torch.Tensor):
-        codes = y_codes + np.asarray(predicted.tolist(), dtype=np.int64)
         if weights is None:
-            counts = np.bincount(codes, minlength=num_classes**2)
-        else:  # (R, N) @ (N, C^2): the weighted confusion matrix of every resample at once
-            counts = weights @ np.eye(num_classes**2)[codes]
-        return scores_from_confusion(counts.reshape(*counts.shape[:-1], num_classes, num_classes))["f1"]
+            return scores_from_confusion(confusion_matrix(y_list, predicted.tolist(), num_classes))["f1"]
+        # (R, N) @ (N, C^2): the weighted confusion matrix of every resample at once
+        codes = np.asarray(y_list, dtype=np.int64) * num_classes + np.asarray(predicted.tolist(), np.int64)
+        return scores_from_confusion((weights @ np.eye(num_classes**2)[codes]).reshape(-1, num_classes,
+                                                                                       num_classes))["f1"]
 
     f1_clean = f1_of(predictions["clean"])
     results: Dict[float, Dict[str, float]] = {}

@@ -27,10 +27,9 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 from .atomic import atomic_write, write_csv
-from .attribution import attribute, ifim_maps
 from .metrics import annotation_agreement, image_seeds, perturbation_masks
 from .sources import InvertToSourced, SaveOnSourceGridd, find_image_files
-from .study import STUDY_MAPS
+from .study import STUDY_MAPS, percentile_interval, resampled_means, study_maps, unit_bootstrap_weights
 
 __all__ = ["ReviewModel", "score_annotations", "datastore_id", "bootstrap_interval", "LABEL_NAME"]
 
@@ -131,14 +130,8 @@ class ReviewModel:
         x = x.as_tensor() if hasattr(x, "as_tensor") else x
         with torch.no_grad():
             target = self.network(x).argmax(1)
-        seeds = image_seeds(x, self.seed)
-        maps: Dict[str, torch.Tensor] = {}
-        if {"ifim_sensitive", "ifim_complement"} & set(methods):
-            maps["ifim_sensitive"], maps["ifim_complement"] = ifim_maps(self.network, x)
-        for m in methods:
-            if m not in maps:
-                maps[m] = attribute(m, self.network, x, target, seed=seeds, baselines=background)
-        return {m: maps[m][0].detach() for m in methods}
+        maps = study_maps(self.network, x, target, methods, image_seeds(x, self.seed), background=background)
+        return {m: maps[m][0] for m in methods}
 
 
 def _check_percent(value: float) -> float:
@@ -147,19 +140,16 @@ def _check_percent(value: float) -> float:
     return float(value)
 
 
-def bootstrap_interval(values: Sequence[float], n_resamples: int = 2000, seed: int = 0,
-                       level: float = 0.95) -> tuple:
-    """Mean and percentile bootstrap interval of ``values`` (independent units), NaN-free values only;
-    ``(mean, low, high)``, the interval NaN for fewer than 2 values."""
+def bootstrap_interval(values: Sequence[float], n_resamples: int = 2000, seed: int = 0) -> tuple:
+    """Mean of the finite ``values`` (one per independent image) and its 95 % bootstrap interval
+    (:func:`scripts.study.unit_bootstrap_weights` with each value its own unit); ``(mean, low, high)``, the interval
+    NaN for fewer than 2 finite values."""
     array = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    if array.size == 0:
-        return math.nan, math.nan, math.nan
+    mean = float(array.mean()) if array.size else math.nan
     if array.size < 2:
-        return float(array.mean()), math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = array[rng.integers(0, array.size, size=(n_resamples, array.size))].mean(1)
-    tail = (1 - level) / 2 * 100
-    return float(array.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+        return mean, math.nan, math.nan
+    weights = unit_bootstrap_weights(range(array.size), n_resamples, seed)
+    return (mean, *percentile_interval(resampled_means(array, weights)))
 
 
 def _read_label(path: Path, shape: Sequence[int]) -> torch.Tensor:

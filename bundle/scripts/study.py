@@ -53,8 +53,8 @@ from .metrics import (
     spearman_per_image,
 )
 
-__all__ = ["STUDY_MAPS", "PERTURBATION_METHODS", "AttributionStudy", "background_images", "unit_bootstrap_weights",
-           "percentile_interval"]
+__all__ = ["STUDY_MAPS", "PERTURBATION_METHODS", "AttributionStudy", "study_maps", "background_images",
+           "unit_bootstrap_weights", "percentile_interval", "resampled_means"]
 
 IFIM_MAPS = ("ifim_sensitive", "ifim_complement")
 # maps compared one by one (FGSM, localization, randomization): the two iFIM parts and every baseline
@@ -96,7 +96,7 @@ def percentile_interval(values, level: float = 0.95) -> List[float]:
     return [float(low), float(high)]
 
 
-def _resampled_means(values: Sequence[float], weights: np.ndarray) -> np.ndarray:
+def resampled_means(values: Sequence[float], weights: np.ndarray) -> np.ndarray:
     """``(R,)`` means of per-image ``values`` (NaN ones left out) under each resample's ``weights``."""
     array = np.asarray(values, dtype=np.float64)
     finite = np.isfinite(array)
@@ -111,6 +111,21 @@ def _differences(resampled: Dict[str, np.ndarray], ours: str) -> Dict[str, List[
         return {}
     with np.errstate(invalid="ignore"):
         return {m: percentile_interval(resampled[ours] - v) for m, v in resampled.items() if m != ours}
+
+
+def study_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, methods: Sequence[str],
+               seeds: torch.Tensor, rho: float = 0.9, background: Optional[torch.Tensor] = None
+               ) -> Dict[str, torch.Tensor]:
+    """Every map of ``methods`` (``scripts.attribution.attribute``), ``(B, 1, *spatial)`` each, detached, explaining
+    ``target`` (``(B,)``); both iFIM parts come from one decomposition whenever either is named; seeded maps draw
+    from the per-image ``seeds``; ``background``: GradientShap's baselines."""
+    maps: Dict[str, torch.Tensor] = {}
+    if set(IFIM_MAPS) & set(methods):
+        maps.update(zip(IFIM_MAPS, (part.detach() for part in ifim_maps(model, x, rho=rho))))
+    for m in methods:
+        if m not in maps:
+            maps[m] = attribute(m, model, x, target, rho=rho, seed=seeds, baselines=background).detach()
+    return maps
 
 
 class AttributionStudy:
@@ -177,13 +192,7 @@ class AttributionStudy:
 
     def _maps(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
               seeds: torch.Tensor) -> Dict[str, torch.Tensor]:
-        maps = {}
-        if IFIM_MAPS[0] in self.maps:  # both parts from one decomposition
-            maps.update(zip(IFIM_MAPS, (part.detach() for part in ifim_maps(model, x, rho=self.rho))))
-        for m in self.maps:
-            if m not in maps:
-                maps[m] = attribute(m, model, x, target, rho=self.rho, seed=seeds, baselines=self.background).detach()
-        return maps
+        return study_maps(model, x, target, self.maps, seeds, self.rho, self.background)
 
     def update(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, signal_center: Optional[torch.Tensor] = None,
                signal_sigma: Optional[torch.Tensor] = None, units: Optional[Sequence] = None) -> None:
@@ -303,7 +312,7 @@ class AttributionStudy:
             perturbation_ci[method] = {f"{alpha:g}": {key: percentile_interval(v) for key, v in values.items()}
                                        for alpha, values in resampled.items()}
             resampled_ratios[method] = {f"{alpha:g}": values["ratio"] for alpha, values in resampled.items()}
-        pearson_means = {m: _resampled_means(self.pearson[m], weights) for m in self.maps}
+        pearson_means = {m: resampled_means(self.pearson[m], weights) for m in self.maps}
         flipped = torch.cat(self.flipped).double().numpy()
         localization = {m: {key: float(np.mean(values)) for key, values in self.localization[m].items()}
                         for m in self.maps if self.localization[m]}
@@ -312,16 +321,16 @@ class AttributionStudy:
         localization_ci: Dict[str, Dict[str, List[float]]] = {}
         if self.localization_units:
             known_weights = unit_bootstrap_weights(self.localization_units, self.n_bootstrap, self.seed)
-            localization_ci = {m: {key: percentile_interval(_resampled_means(values, known_weights))
+            localization_ci = {m: {key: percentile_interval(resampled_means(values, known_weights))
                                    for key, values in self.localization[m].items()} for m in localization}
         unique_units, counts = np.unique(np.asarray(self.units), return_counts=True)
         return {
             "n_images": self.n_images, "num_classes": self.num_classes, "alphas": list(self.alphas),
             "units": {"n": int(len(unique_units)), "images_per_unit": [int(counts.min()), int(counts.max())]},
             "intervals": {"level": 0.95, "resamples": self.n_bootstrap, "perturbation": perturbation_ci,
-                          "fgsm_flip_rate": percentile_interval(_resampled_means(flipped, weights)),
+                          "fgsm_flip_rate": percentile_interval(resampled_means(flipped, weights)),
                           "fgsm_pearson": {m: percentile_interval(v) for m, v in pearson_means.items()},
-                          "randomization": {m: percentile_interval(_resampled_means(self.spearman[m], weights))
+                          "randomization": {m: percentile_interval(resampled_means(self.spearman[m], weights))
                                             for m in self.maps},
                           # paired: the resample's iFIM value minus the other method's, for the paper's claims
                           "ratio_ifim_minus": {f"{a:g}": _differences({m: r[f"{a:g}"] for m, r in
