@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from scripts.attribution import METHODS, attribute, default_cam_layer
-from scripts.networks import ShallowCNN, get_network
+from scripts.attribution import METHODS, ReLUMaxPool, attribute, deeplift_shap, default_cam_layer, relu_max_pools
+from scripts.networks import VGG16, ShallowCNN, get_network
 
 TARGETS = torch.tensor([0, 2, 1, 2])
 
@@ -35,7 +36,7 @@ def test_one_call_shape_and_model_left_as_it_was(shallow, method):
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcampp", "xgradcam", "scorecam", "vanilla_gradient", "eigencam",
-                                    "ifim_sensitive", "deepshap", "random"])
+                                    "ifim_sensitive", "deepshap", "gradientshap", "random"])
 def test_batch_with_mixed_targets_equals_single_images(shallow, method):
     """MONAI's CAMs mix a batch's targets (and its GradCAM++ its scores); the wrapper must not. The seeded maps draw
     per image, so an image's map does not depend on the other images of its batch either."""
@@ -82,23 +83,88 @@ def test_xgradcam_equals_gradcam_under_global_average_pooling():
                                attribute("gradcam", model, x, TARGETS[:3]), rtol=1e-4, atol=1e-5)
 
 
-def test_random_and_deepshap_are_seeded(shallow):
+def test_random_and_gradientshap_are_seeded(shallow):
     model, x = shallow
-    for method in ("random", "deepshap"):
+    for method in ("random", "gradientshap"):
         a, b = attribute(method, model, x, TARGETS, seed=3), attribute(method, model, x, TARGETS, seed=3)
         assert torch.equal(a, b) and not torch.equal(a, attribute(method, model, x, TARGETS, seed=4))
 
 
-def test_deepshap_background_is_the_given_set(shallow):
-    """GradientShap's baselines are the fixed background (default one all-zero image), never the batch."""
+@pytest.mark.parametrize("method", ["deepshap", "gradientshap"])
+def test_shap_background_is_the_given_set(shallow, method):
+    """The SHAP baselines are the fixed background (default one all-zero image), never the batch."""
     model, x = shallow
-    zeros = attribute("deepshap", model, x, TARGETS, seed=3)
-    torch.testing.assert_close(attribute("deepshap", model, x, TARGETS, seed=3, baselines=torch.zeros(1, 1, 24, 24)),
+    zeros = attribute(method, model, x, TARGETS, seed=3)
+    torch.testing.assert_close(attribute(method, model, x, TARGETS, seed=3, baselines=torch.zeros(1, 1, 24, 24)),
                                zeros)
     background = torch.rand(5, 1, 24, 24, generator=torch.Generator().manual_seed(0))
-    assert not torch.allclose(attribute("deepshap", model, x, TARGETS, seed=3, baselines=background), zeros)
+    assert not torch.allclose(attribute(method, model, x, TARGETS, seed=3, baselines=background), zeros)
     with pytest.raises(ValueError, match="baselines"):
-        attribute("deepshap", model, x, TARGETS, baselines=torch.zeros(2, 1, 8, 8))
+        attribute(method, model, x, TARGETS, baselines=torch.zeros(2, 1, 8, 8))
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("kernel, stride, padding", [(2, None, 0), (3, 2, 1), (3, 1, 1), (None, None, 0)])
+def test_relu_max_pool_is_max_pooling(dims, kernel, stride, padding):
+    """The ReLU tree computes max pooling (overlapping and padded windows, odd sizes, global) to float64 round-off."""
+    x = torch.randn(2, 3, *[9] * dims, dtype=torch.float64, generator=torch.Generator().manual_seed(dims))
+    if kernel is None:
+        expected = x.flatten(2).max(-1).values.view(2, 3, *[1] * dims)
+    else:
+        expected = [nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d][dims - 1](kernel, stride, padding)(x)
+    torch.testing.assert_close(ReLUMaxPool(dims, kernel, stride, padding)(x), expected, rtol=0, atol=1e-14)
+
+
+def _completeness_gap(model, x, target, background, attributions):
+    """Largest |sum of an image's attributions - (f_t(x) - mean_b f_t(b))| over the batch."""
+    with torch.no_grad():
+        explained = model(x).gather(1, target[:, None])[:, 0] - model(background)[:, target].mean(0)
+    return (attributions.flatten(1).sum(1) - explained).abs().max().item()
+
+
+@pytest.mark.parametrize("name", ["shallow_max", "shallow_avg", "shallow_3d", "vgg16"])
+def test_deepshap_attributions_are_complete(name):
+    """SHAP's completeness: the attributions of an image sum to f_t(x) - E_b f_t(b), exactly in float64, for the
+    networks the study uses: max pools inside and at the head (where captum's own max-pool rule breaks it), average
+    pooling, 3D, and VGG16 (dropout, adaptive average pooling, fully connected ReLUs). The map is their magnitude."""
+    torch.manual_seed(3)
+    dims = 3 if name == "shallow_3d" else 2
+    model = {"shallow_max": lambda: ShallowCNN(2, 1, 3, (4, 8, 8)),
+             "shallow_avg": lambda: ShallowCNN(2, 1, 3, (4, 8, 8), global_pool="avg"),
+             "shallow_3d": lambda: ShallowCNN(3, 1, 3, (2, 4, 4)),
+             "vgg16": lambda: VGG16(1, 3, hidden=8)}[name]().double().eval()
+    size = 32 if name == "vgg16" else 12
+    x = torch.rand(3, 1, *[size] * dims, dtype=torch.float64)
+    background = torch.rand(4, 1, *[size] * dims, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2])
+    attributions = deeplift_shap(model, x, target, background)
+    assert attributions.shape == x.shape
+    assert _completeness_gap(model, x, target, background, attributions) < 1e-10
+    one = background[:1]  # one baseline: DeepLift itself
+    assert _completeness_gap(model, x, target, one, deeplift_shap(model, x, target, one)) < 1e-10
+    torch.testing.assert_close(attribute("deepshap", model, x, target, baselines=background),
+                               attributions.abs().sum(1, keepdim=True))
+
+
+def test_captum_max_pool_rule_alone_breaks_completeness():
+    """Why the max pools are swapped: captum's DeepLiftShap on the plain network misses completeness by far more
+    than round-off (its max-pool rule falls back to the gradient, and adaptive max pooling gets only the gradient)."""
+    from captum.attr import DeepLiftShap
+
+    torch.manual_seed(3)
+    model = ShallowCNN(2, 1, 3, (4, 8, 8)).double().eval()
+    x, background = torch.rand(3, 1, 12, 12, dtype=torch.float64), torch.rand(4, 1, 12, 12, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2])
+    plain = DeepLiftShap(model).attribute(x, baselines=background, target=target)
+    assert _completeness_gap(model, x, target, background, plain) > 1e-3
+    swapped = DeepLiftShap(relu_max_pools(model)).attribute(x, baselines=background, target=target)
+    assert _completeness_gap(model, x, target, background, swapped) < 1e-10
+
+
+def test_deepshap_names_gradientshap_for_networks_that_reuse_an_activation():
+    model = get_network("resnet18", num_classes=2).eval()
+    with pytest.raises(ValueError, match="gradientshap"):
+        attribute("deepshap", model, torch.rand(1, 1, 32, 32), torch.tensor([1]))
 
 
 def test_scorecam_weights_are_the_masked_inputs_target_probabilities():

@@ -13,10 +13,17 @@ channel. Methods (:data:`METHODS`):
   2020) projects the activations on their first principal component (target-free); Score-CAM (Wang et al. 2020)
   weights each channel by the target probability (softmax over classes) of the input masked by that channel,
   upsampled and scaled to [0, 1], as the authors' code does (a constant channel masks nothing and weighs 0).
-* ``deepshap``: captum's ``GradientShap`` (expected gradients; DeepLiftShap refuses modules called twice, which
-  MONAI's ResNet blocks do with their activation). Baselines: a fixed background set (``baselines``, e.g. training
-  images; default one all-zero image), with Gaussian noise (``stdevs``) and ``n_samples`` draws, run image by
-  image with each image's seed, so a map does not depend on the other images of its batch.
+* ``deepshap``: DeepSHAP, captum's ``DeepLiftShap`` (DeepLIFT's rescale rule averaged over a background set): the
+  attributions of an image sum to f_target(x) minus the background's mean f_target (completeness, the SHAP
+  property), f the logits. captum's rescale rule is exact for element-wise activations but not for pooling: its
+  max-pool rule falls back to the gradient where the input's winning value equals the reference's, and adaptive
+  max pooling gets the plain gradient. So the network is explained through :func:`relu_max_pools`, a copy whose
+  max pools are trees of ``max(a, b) = b + relu(a - b)``, the same function built from ReLUs alone, for which the
+  rescale rule is exact. captum refuses an activation module called twice (MONAI's ResNet blocks reuse theirs):
+  such networks get a clear error, and ``gradientshap`` instead.
+* ``gradientshap``: captum's ``GradientShap`` (expected gradients), ``n_samples`` draws with Gaussian noise
+  (``stdevs``), run image by image with each image's seed, so a map does not depend on the other images of its batch.
+  Both SHAP methods take a fixed background set (``baselines``, e.g. training images; default one all-zero image).
 * ``vanilla_gradient``: |grad_x log p_target(x)|.
 * ``random``: uniform noise, seeded per image: the control every method should beat.
 
@@ -41,7 +48,7 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
-from captum.attr import GradientShap
+from captum.attr import DeepLift, DeepLiftShap, GradientShap
 from monai.visualize import GradCAM, GradCAMpp
 from monai.visualize.class_activation_maps import ModelWithHooks, default_upsampler
 from torch import nn
@@ -49,10 +56,11 @@ from torch import nn
 from .ifim import ifim_decompose
 from .metrics import Seeds, per_image_seeds
 
-__all__ = ["METHODS", "attribute", "ifim_maps", "default_cam_layer", "unit_range"]
+__all__ = ["METHODS", "attribute", "ifim_maps", "default_cam_layer", "unit_range", "ReLUMaxPool", "relu_max_pools",
+           "deeplift_shap"]
 
 METHODS = ("ifim_sensitive", "ifim_complement", "gradcam", "gradcampp", "xgradcam", "eigencam", "scorecam",
-           "deepshap", "vanilla_gradient", "random")
+           "deepshap", "gradientshap", "vanilla_gradient", "random")
 _CAM_METHODS = ("gradcam", "gradcampp", "xgradcam", "eigencam", "scorecam")
 
 
@@ -151,11 +159,123 @@ def _scorecam(model: nn.Module, layer: str, x: torch.Tensor, cls: int, chunk: in
     return torch.cat(maps)
 
 
-def _deepshap(model: nn.Module, x: torch.Tensor, target: torch.Tensor, n_samples: int, stdevs: float,
-              seeds: torch.Tensor, baselines: Optional[torch.Tensor]) -> torch.Tensor:
+class ReLUMaxPool(nn.Module):
+    """Max pooling as a tree of pairwise maxima ``max(a, b) = b + relu(a - b)``, one ``nn.ReLU`` per tree level.
+
+    The same function as ``nn.MaxPool{1,2,3}d`` (no dilation, floor mode) or, with ``kernel_size=None``, as global
+    max pooling (``AdaptiveMaxPool*d(1)``), up to float round-off; built from linear maps and element-wise ReLUs
+    only, so DeepLIFT's rescale rule on it keeps completeness exactly. Padding replicates the edge: a padded
+    window still holds the edge value it copies, so its maximum is unchanged (max pooling pads with -inf).
+
+    Shapes: ``(B, C, *spatial) -> (B, C, *pooled)``.
+    """
+
+    def __init__(self, spatial_dims: int, kernel_size=None, stride=None, padding=0, max_levels: int = 40):
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        # one activation per level: captum's DeepLift refuses a module called twice
+        self.levels = nn.ModuleList(nn.ReLU() for _ in range(max_levels))
+
+    @staticmethod
+    def _tuple(value, n: int) -> Tuple[int, ...]:
+        return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+
+    def _reduce_last(self, values: torch.Tensor, levels: Iterator[nn.Module]) -> torch.Tensor:
+        """The maximum over the last axis, by pairs, each level with the next ReLU of ``levels``."""
+        while values.shape[-1] > 1:
+            size = values.shape[-1]
+            relu = next(levels, None)
+            if relu is None:
+                raise ValueError(f"max pooling needs more than {len(self.levels)} levels of pairs.")
+            a, b = values[..., 0:size - 1:2], values[..., 1:size:2]
+            carried = values[..., size - 1:] if size % 2 else values[..., :0]  # an odd one out waits a level
+            values = torch.cat([b + relu(a - b), carried], -1)
+        return values[..., 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, levels = self.spatial_dims, iter(self.levels)
+        if self.kernel_size is None:  # global
+            return self._reduce_last(x.flatten(2), levels).view(*x.shape[:2], *[1] * n)
+        kernel = self._tuple(self.kernel_size, n)
+        stride = self._tuple(self.stride or self.kernel_size, n)
+        padding = self._tuple(self.padding, n)
+        if stride == kernel and not any(padding):
+            # non-overlapping windows: one axis at a time on strided views, no copy of the windows
+            for dim in range(n):
+                axis, k = 2 + dim, kernel[dim]
+                x = x.narrow(axis, 0, x.shape[axis] // k * k).unflatten(axis, (x.shape[axis] // k, k))
+                x = self._reduce_last(x.movedim(axis + 1, -1), levels)
+            return x
+        if any(padding):
+            x = nn.functional.pad(x, [p for p in reversed(padding) for _ in range(2)], mode="replicate")
+        for dim in range(n):
+            x = x.unfold(2 + dim, kernel[dim], stride[dim])
+        pooled = x.shape[:2 + n]
+        return self._reduce_last(x.flatten(2 + n), levels).view(pooled)
+
+
+def relu_max_pools(model: nn.Module) -> nn.Module:
+    """``model`` (changed in place, and returned) with every max pool swapped for the equal :class:`ReLUMaxPool`:
+    ``MaxPool{1,2,3}d`` without dilation or ceil mode, and ``AdaptiveMaxPool{1,2,3}d`` with output size 1."""
+    pools = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
+    adaptive = {nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3}
+    for name, module in list(model.named_modules()):
+        kind = type(module)
+        if kind in pools:
+            if module.dilation not in (1, (1,) * pools[kind]) or module.ceil_mode or module.return_indices:
+                raise ValueError(f"{name}: max pooling with dilation, ceil_mode or return_indices is not supported.")
+            swap = ReLUMaxPool(pools[kind], module.kernel_size, module.stride, module.padding)
+        elif kind in adaptive:
+            size = module.output_size
+            if any(s != 1 for s in ((size,) if isinstance(size, int) else size)) or module.return_indices:
+                raise ValueError(f"{name}: only global adaptive max pooling (output size 1) is supported.")
+            swap = ReLUMaxPool(adaptive[kind])
+        else:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, swap)
+    return model
+
+
+def _background(x: torch.Tensor, baselines: Optional[torch.Tensor]) -> torch.Tensor:
     background = (torch.zeros_like(x[:1]) if baselines is None else baselines.to(x)).detach()
     if background.shape[1:] != x.shape[1:]:
         raise ValueError(f"baselines {tuple(background.shape)} do not match the images {tuple(x.shape)}.")
+    return background
+
+
+def deeplift_shap(model: nn.Module, x: torch.Tensor, target: torch.Tensor, baselines: Optional[torch.Tensor] = None,
+                  chunk: int = 1) -> torch.Tensor:
+    """Signed DeepSHAP attributions ``(B, C_in, *spatial)`` of the ``target`` ``(B,)`` logits: captum's
+    ``DeepLiftShap`` on a copy of ``model`` (eval mode, sharing its parameters) whose max pools are
+    :class:`ReLUMaxPool` s. Completeness: an image's attributions sum to f_target(x) minus the mean of f_target over
+    ``baselines`` (``(N, C_in, *spatial)``, default one all-zero image). Run ``chunk`` images at a time (one was the
+    fastest on 2 CPU cores: 4.4 s for 32 images against 8.4 s by fours); deterministic,
+    so an image's attributions do not depend on its batch."""
+    background = _background(x, baselines)
+    target = torch.as_tensor(target, device=x.device).long().view(-1)
+    with _borrowed(model) as clone:
+        # DeepLiftShap averages DeepLift over two or more baselines; with one, it is DeepLift itself
+        explainer = (DeepLiftShap if len(background) > 1 else DeepLift)(relu_max_pools(clone))
+        parts = []
+        for i in range(0, len(x), chunk):
+            images = x[i:i + chunk].detach()
+            baselines = background if len(background) > 1 else background.expand_as(images)
+            try:
+                parts.append(explainer.attribute(images, baselines=baselines, target=target[i:i + chunk]).detach())
+            except RuntimeError as error:
+                if "used more than once" not in str(error):
+                    raise
+                raise ValueError(f"deepshap: captum's DeepLiftShap needs every activation module called once per "
+                                 f"forward pass, and {type(model).__name__} calls one twice (as MONAI's ResNet "
+                                 "blocks do); use 'gradientshap' for this network.") from error
+    return torch.cat(parts)
+
+
+def _gradientshap(model: nn.Module, x: torch.Tensor, target: torch.Tensor, n_samples: int, stdevs: float,
+                  seeds: torch.Tensor, baselines: Optional[torch.Tensor]) -> torch.Tensor:
+    background = _background(x, baselines)
     explainer, maps = GradientShap(model), []
     for image, cls, seed in zip(x.detach(), target, seeds.tolist()):  # one seed per image: batch-independent
         with _seeded(seed):
@@ -207,7 +327,7 @@ def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[t
         rho, head: the iFIM energy threshold and head (:func:`scripts.ifim.ifim_decompose`).
         n_samples, stdevs: GradientShap draws and baseline noise.
         seed: seeds the random map and GradientShap: an integer (hashed with each image) or ``(B,)`` seeds.
-        baselines: GradientShap's background ``(N, C_in, *spatial)``; default one all-zero image.
+        baselines: the SHAP methods' background ``(N, C_in, *spatial)``; default one all-zero image.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}.")
@@ -224,7 +344,9 @@ def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[t
         if method == "vanilla_gradient":
             return _vanilla_gradient(clone, x, target)
         if method == "deepshap":
-            return _deepshap(clone, x, target, n_samples, stdevs, per_image_seeds(x, seed), baselines)
+            return deeplift_shap(clone, x, target, baselines).abs().sum(1, keepdim=True)
+        if method == "gradientshap":
+            return _gradientshap(clone, x, target, n_samples, stdevs, per_image_seeds(x, seed), baselines)
         layer = layer or default_cam_layer(clone)
         if method == "eigencam":
             return _eigencam(clone, layer, x).detach()
