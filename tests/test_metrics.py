@@ -13,10 +13,13 @@ from torch import nn
 
 from scripts.ifim import ifim_decompose
 from scripts.metrics import (
+    GaussianFill,
+    NoisyLinearImputation,
     annotation_agreement,
     classification_metric,
     confusion_matrix,
     contrastive_perturbation,
+    curve_auc,
     f1,
     fgsm,
     image_seeds,
@@ -315,3 +318,47 @@ def test_annotation_agreement_equals_brute_force():
     with pytest.raises(ValueError, match="no pixel"):
         annotation_agreement(maps, torch.zeros_like(masks))
     assert math.isnan(annotation_agreement(maps[:1], torch.ones_like(masks[:1]))["auroc"].item())
+
+
+def test_noisy_linear_imputation_solves_the_neighbour_mean_equations():
+    """Brute force: every imputed pixel equals the weighted mean of its 8 neighbours (face 2, diagonal 1, renormalised
+    at the border), known pixels untouched; an interior linear ramp is reproduced exactly; same in every channel."""
+    rng = np.random.default_rng(0)
+    image = rng.random((2, 9, 11))
+    removed = rng.random((9, 11)) < 0.4
+    filled = NoisyLinearImputation.impute(image, removed)
+    np.testing.assert_array_equal(filled[:, ~removed], image[:, ~removed])
+    for r, c in zip(*np.nonzero(removed)):
+        total, weight = np.zeros(2), 0.0
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if (dr or dc) and 0 <= r + dr < 9 and 0 <= c + dc < 11:
+                    w = 2.0 if abs(dr) + abs(dc) == 1 else 1.0
+                    total, weight = total + w * filled[:, r + dr, c + dc], weight + w
+        np.testing.assert_allclose(filled[:, r, c], total / weight, rtol=1e-10, atol=1e-12)
+    ramp = np.add.outer(np.arange(9.0), 0.5 * np.arange(11.0))[None]
+    interior = np.zeros((9, 11), dtype=bool)
+    interior[2:6, 3:8] = True
+    np.testing.assert_allclose(NoisyLinearImputation.impute(ramp, interior), ramp, atol=1e-12)
+
+
+def test_fills_are_seeded_per_image_and_touch_only_the_mask():
+    x = torch.rand(3, 2, 12, 12)
+    mask = torch.rand(3, 1, 12, 12) < 0.3
+    seeds = torch.tensor([5, 6, 7])
+    for fill in (GaussianFill(0.5, 0.25), NoisyLinearImputation(0.01)):
+        out = fill(x, mask, seeds)
+        assert torch.equal(out[~mask.expand_as(x)], x[~mask.expand_as(x)])
+        assert torch.equal(out, fill(x, mask, seeds)) and not torch.equal(out, fill(x, mask, seeds + 1))
+        torch.testing.assert_close(fill(x[1:2], mask[1:2], seeds[1:2]), out[1:2])
+    exact = torch.from_numpy(np.stack([NoisyLinearImputation.impute(i, m[0]) for i, m in
+                                       zip(x.double().numpy(), mask.numpy())])).float()
+    noise = (NoisyLinearImputation(0.01)(x, mask, seeds) - exact)[mask.expand_as(x)]
+    assert 0.005 < noise.std().item() < 0.02  # the ROAD noise on top of the linear imputation
+
+
+def test_curve_auc_is_the_mean_height():
+    assert curve_auc([0.0, 0.5], [1.0, 0.0]) == pytest.approx(0.5)
+    assert curve_auc([0.0, 0.1, 0.5], [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0]]) == pytest.approx([1.0, 0.9])
+    with pytest.raises(ValueError, match="increase"):
+        curve_auc([0.0, 0.0], [1.0, 1.0])

@@ -14,12 +14,31 @@ import torch
 
 import scripts.report as report_module
 from scripts.attribution import attribute
-from scripts.metrics import contrastive_perturbation, fgsm, pearson_per_image, signal_localization
+from scripts.metrics import (
+    GaussianFill,
+    NoisyLinearImputation,
+    contrastive_perturbation,
+    f1,
+    fgsm,
+    image_seeds,
+    pearson_per_image,
+    perturbation_masks,
+    signal_localization,
+)
 from scripts.networks import ShallowCNN
 from scripts.report import findings, write_report
 from scripts.study import STUDY_MAPS, AttributionStudy, unit_bootstrap_weights
 
 ALPHAS = (0.01, 0.05)
+CURVE_ALPHAS = (0.1, 0.3)
+FILLS = (GaussianFill(0.5, 0.25), NoisyLinearImputation(0.01))
+AMPLITUDES = torch.tensor([0.12, 0.0, 0.31, 0.33, 0.0, 0.0])
+
+
+def _study(methods=STUDY_MAPS, **kwargs):
+    options = dict(alphas=ALPHAS, noise_models=FILLS, epsilon=0.05, seed=3, n_examples=2, curve_alphas=CURVE_ALPHAS,
+                   curve_fill=GaussianFill(0.0, 1.0), amplitude_bins=(0.1, 0.2, 0.3, 0.35))
+    return AttributionStudy(methods, **{**options, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +55,8 @@ def batch():
 @pytest.fixture(scope="module")
 def studied(batch):
     model, x, y, centers, sigmas = batch
-    study = AttributionStudy(STUDY_MAPS, alphas=ALPHAS, noise_mean=0.5, noise_std=0.25, epsilon=0.05, seed=3,
-                             n_examples=2)
-    study.update(model, x, y, centers, sigmas)
+    study = _study()
+    study.update(model, x, y, centers, sigmas, signal_amplitude=AMPLITUDES)
     return study, study.compute()
 
 
@@ -47,12 +65,15 @@ def test_study_numbers_equal_the_plain_metric_functions(batch, studied):
     _, results = studied
     assert results["n_images"] == 6 and results["num_classes"] == 2
     sens, comp = attribute("ifim_sensitive", model, x), attribute("ifim_complement", model, x)
-    expected = contrastive_perturbation(model, x, y, sens, comp, ALPHAS, 0.5, 0.25, seed=3)
-    for alpha in ALPHAS:
-        assert results["perturbation"]["ifim"][f"{alpha:g}"] == pytest.approx(expected[alpha], nan_ok=True)
     gradcam = attribute("gradcam", model, x)
-    expected = contrastive_perturbation(model, x, y, gradcam, None, ALPHAS, 0.5, 0.25, seed=3)
-    assert results["perturbation"]["gradcam"][f"{ALPHAS[0]:g}"] == pytest.approx(expected[ALPHAS[0]], nan_ok=True)
+    assert [m["tag"] for m in results["noise_models"]] == ["gauss_0.5_0.25", "road"]
+    for fill in FILLS:
+        expected = contrastive_perturbation(model, x, y, sens, comp, ALPHAS, seed=3, fill=fill)
+        measured = results["perturbation"][fill.tag]
+        for alpha in ALPHAS:
+            assert measured["ifim"][f"{alpha:g}"] == pytest.approx(expected[alpha], nan_ok=True)
+        expected = contrastive_perturbation(model, x, y, gradcam, None, ALPHAS, seed=3, fill=fill)
+        assert measured["gradcam"][f"{ALPHAS[0]:g}"] == pytest.approx(expected[ALPHAS[0]], nan_ok=True)
     x_adv = fgsm(model, x, y, 0.05)
     target = model(x).argmax(1)
     pearson = pearson_per_image(sens, attribute("ifim_sensitive", model, x_adv))
@@ -64,6 +85,48 @@ def test_study_numbers_equal_the_plain_metric_functions(batch, studied):
     assert results["localization"]["ifim_sensitive"]["energy_fraction"] == pytest.approx(
         loc["energy_fraction"].mean().item())
     assert results["localization"]["ifim_sensitive"]["n"] == 3
+    assert results["complement_vs_image"]["mean"] == pytest.approx(pearson_per_image(comp, x.abs()).mean().item())
+
+
+def test_deletion_curves_by_hand(batch, studied):
+    """Every point of a MoRF / LeRF curve: the map's top (bottom) alpha of pixels filled, F1 and the mean probability
+    of the true class; iFIM's MoRF ranks by S and its LeRF by I; the AUC is the trapezoid mean over alpha."""
+    model, x, y, _, _ = batch
+    _, results = studied
+    curves = results["curves"]
+    assert curves["alphas"] == [0.0, *sorted(set(ALPHAS) | set(CURVE_ALPHAS))] and curves["fill"] == "N(0, 1^2)"
+    seeds = image_seeds(x, 3)
+    fill = GaussianFill(0.0, 1.0)
+    maps = {"ifim": (attribute("ifim_sensitive", model, x), attribute("ifim_complement", model, x)),
+            "gradcam": (attribute("gradcam", model, x),) * 2}
+    with torch.no_grad():
+        clean = torch.softmax(model(x), 1)
+    for method, (high, low) in maps.items():
+        for order in ("morf", "lerf"):
+            f1s, probs = [f1(y.tolist(), clean.argmax(1).tolist(), 2)], [clean[torch.arange(6), y].mean().item()]
+            for alpha in curves["alphas"][1:]:
+                top, bottom = perturbation_masks(high, low, alpha, seeds)
+                with torch.no_grad():
+                    p = torch.softmax(model(fill(x, top if order == "morf" else bottom, seeds)), 1)
+                f1s.append(f1(y.tolist(), p.argmax(1).tolist(), 2))
+                probs.append(p[torch.arange(6), y].mean().item())
+            measured = curves["methods"][method]
+            assert measured[f"{order}_f1"] == pytest.approx(f1s) and measured[f"{order}_prob"] == pytest.approx(probs)
+            span = curves["alphas"][-1]
+            assert measured["auc"][f"{order}_prob"] == pytest.approx(np.trapezoid(probs, curves["alphas"]) / span)
+        auc = curves["methods"][method]["auc"]
+        assert auc["delta_f1"] == pytest.approx(auc["lerf_f1"] - auc["morf_f1"])
+
+
+def test_detectability_and_timing(studied):
+    _, results = studied
+    # positives: amplitudes 0.12 (predicted?), 0.31, 0.33; bins [0.1, 0.2), [0.2, 0.3), [0.3, 0.35]
+    bins = results["detectability"]["bins"]
+    assert [b["n"] for b in bins] == [1, 0, 2] and results["detectability"]["n_positives"] == 3
+    assert all(b["recall"] in (0.0, 0.5, 1.0) for b in bins if b["n"])
+    assert math.isnan(bins[1]["recall"])
+    assert results["seconds"] and all(v >= 0 for v in results["seconds"].values())
+    assert {"maps: ifim", "maps: deepshap", "perturbation: ROAD imputation (+N(0, 0.01^2))"} <= set(results["seconds"])
 
 
 def test_known_answers_random_map_and_binary_topk(studied):
@@ -74,7 +137,7 @@ def test_known_answers_random_map_and_binary_topk(studied):
     # C = 2 in float64: S(x) and the vanilla gradient are multiples of |grad(z_1 - z_0)|, so their top-k agree
     assert results["topk_overlap_ifim_sensitive_vs_gradient"] == {f"{a:g}": 1.0 for a in ALPHAS}
     # a map's ranking against itself in a batch where top and bottom sets are the same pixels moves F1 alike
-    assert set(results["perturbation"]) == {"ifim"} | set(STUDY_MAPS[2:])
+    assert set(results["perturbation"]["road"]) == {"ifim"} | set(STUDY_MAPS[2:])
 
 
 def test_examples_prefer_known_signals_and_max_images_truncates(batch, studied):
@@ -105,6 +168,8 @@ def _assert_close(a, b, path=""):
         assert len(a) == len(b), path
         for i, (u, v) in enumerate(zip(a, b)):
             _assert_close(u, v, f"{path}/{i}")
+    elif isinstance(a, str):
+        assert a == b, path
     else:
         assert a == pytest.approx(b, rel=1e-9, abs=1e-12, nan_ok=True), path
 
@@ -117,13 +182,15 @@ def test_shares_merged_equal_the_whole_whatever_the_batches(batch, studied):
     whole_study, whole = studied
     shares = []
     for rows in ([0, 2, 4], [1, 3, 5]):
-        share = AttributionStudy(STUDY_MAPS, alphas=ALPHAS, noise_mean=0.5, noise_std=0.25, epsilon=0.05, seed=3,
-                                 n_examples=2)
+        share = _study()
         for i in rows:
-            share.update(model, x[i:i + 1], y[i:i + 1], centers[i:i + 1], sigmas[i:i + 1])
+            share.update(model, x[i:i + 1], y[i:i + 1], centers[i:i + 1], sigmas[i:i + 1],
+                         signal_amplitude=AMPLITUDES[i:i + 1])
         shares.append(pickle.loads(pickle.dumps(share)))
     shares[0].merge(shares[1:])
-    _assert_close(shares[0].compute(), whole)
+    merged = shares[0].compute()
+    assert set(merged.pop("seconds")) == set(whole["seconds"])  # wall-clock times differ run to run
+    _assert_close(merged, {k: v for k, v in whole.items() if k != "seconds"})
     assert [e["order"] for e in shares[0].examples] == [e["order"] for e in whole_study.examples]
     for a, b in zip(shares[0].examples, whole_study.examples):
         np.testing.assert_allclose(a["maps"]["ifim_sensitive"], b["maps"]["ifim_sensitive"], rtol=1e-9)
@@ -134,20 +201,23 @@ def test_intervals_resample_units_not_images(batch):
     on its estimate; six units: the intervals open around it."""
     model, x, y, centers, sigmas = batch
     methods = ("ifim_sensitive", "gradcam")
-    one = AttributionStudy(methods, alphas=ALPHAS, noise_mean=0.5, noise_std=0.25, seed=3, n_bootstrap=200)
+    one = _study(methods, n_bootstrap=200)
     one.update(model, x, y, centers, sigmas, units=["slice 40"] * 6)
     results = one.compute()
     assert results["units"] == {"n": 1, "images_per_unit": [6, 6]}
     intervals = results["intervals"]
-    for method, per_alpha in results["perturbation"].items():
-        for alpha, values in per_alpha.items():
-            for key in ("drop_high", "drop_low", "drop_random"):
-                assert intervals["perturbation"][method][alpha][key] == pytest.approx([values[key]] * 2)
+    for tag, per_method in results["perturbation"].items():
+        for method, per_alpha in per_method.items():
+            for alpha, values in per_alpha.items():
+                for key in ("drop_high", "drop_low", "drop_random"):
+                    assert intervals["perturbation"][tag][method][alpha][key] == pytest.approx([values[key]] * 2)
+    for method, values in results["curves"]["methods"].items():
+        assert intervals["curves"][method]["delta_prob"] == pytest.approx([values["auc"]["delta_prob"]] * 2)
     point = results["fgsm"]["pearson"]["gradcam"]["mean"]
     assert intervals["fgsm_pearson"]["gradcam"] == pytest.approx([point, point])
     energy = results["localization"]["gradcam"]["energy_fraction"]  # over the 3 positives with a known signal
     assert intervals["localization"]["gradcam"]["energy_fraction"] == pytest.approx([energy, energy])
-    separate = AttributionStudy(methods, alphas=ALPHAS, noise_mean=0.5, noise_std=0.25, seed=3, n_bootstrap=200)
+    separate = _study(methods, n_bootstrap=200)
     separate.update(model, x, y, centers, sigmas)
     results = separate.compute()
     assert results["units"] == {"n": 6, "images_per_unit": [1, 1]}
@@ -174,9 +244,9 @@ def _hand_study(ifim_ratio, gradcam_ratio, ifim_pearson=0.1, gradcam_pearson=0.5
         return {"0.01": {"f1_clean": 0.9, "f1_high": 0.5, "f1_low": 0.5 * ratio, "f1_random": 0.9 - drop_random,
                          "ratio": ratio, "drop_high": drop_high, "drop_low": 0.0, "drop_random": drop_random}}
     stat = {"std": 0.0, "n": 4, "n_undefined": 0}
-    return {"n_images": 4, "num_classes": 2, "alphas": [0.01], "noise": {"mean": 0.5, "std": 0.25, "seed": 0},
-            "rho": 0.9,
-            "perturbation": {"ifim": scores(ifim_ratio, 0.4, 0.1), "gradcam": scores(gradcam_ratio, 0.05, 0.1)},
+    return {"n_images": 4, "num_classes": 2, "alphas": [0.01], "noise_seed": 0, "rho": 0.9,
+            "noise_models": [{"tag": "g", "name": "N(0.5, 0.25^2)"}],
+            "perturbation": {"g": {"ifim": scores(ifim_ratio, 0.4, 0.1), "gradcam": scores(gradcam_ratio, 0.05, 0.1)}},
             "fgsm": {"epsilon": 0.01, "flip_rate": 0.25,
                      "pearson": {"ifim_sensitive": {"mean": ifim_pearson, **stat},
                                  "gradcam": {"mean": gradcam_pearson, **stat}}},
@@ -189,19 +259,20 @@ def _hand_study(ifim_ratio, gradcam_ratio, ifim_pearson=0.1, gradcam_pearson=0.5
 
 def test_findings_follow_the_numbers():
     text = "\n".join(findings(_hand_study(1.8, 1.2)))
-    assert "highest F1 ratio holds; iFIM's ratio is 1.800" in text
+    assert "Pixels replaced by N(0.5, 0.25^2): the claim that iFIM gets the highest F1 ratio: at 1 % it holds " \
+           "(iFIM's ratio 1.800)" in text
     assert "lowest clean/adversarial correlation holds" in text
     assert "3.0 times a uniform map" in text and "gradcam keep a rank correlation above 0.5" in text
     text = "\n".join(findings(_hand_study(1.2, math.inf, ifim_pearson=0.7)))
     assert "does not hold: gradcam is higher (inf)" not in text  # an infinite ratio is not a finite winner
     text = "\n".join(findings(_hand_study(1.2, 1.5, ifim_pearson=0.7)))
-    assert "highest F1 ratio does not hold: gradcam is higher (1.500)" in text
+    assert "at 1 % it does not hold: gradcam is higher (1.500)" in text
     assert "correlation does not hold: gradcam is lower (0.500)" in text
     text = "\n".join(findings(_hand_study(1.2, 1.2005, ifim_pearson=0.5, gradcam_pearson=0.4999)))
-    assert "highest F1 ratio holds only as a tie with gradcam (1.200)" in text
+    assert "at 1 % it holds only as a tie with gradcam (1.200)" in text
     assert "correlation holds only as a tie with gradcam" in text
     study = _hand_study(1.8, 1.2)
-    study["perturbation"]["ifim"]["0.01"]["drop_high"] = 0.05  # below the random control's 0.1
+    study["perturbation"]["g"]["ifim"]["0.01"]["drop_high"] = 0.05  # below the random control's 0.1
     assert "no more than replacing random pixels" in "\n".join(findings(study))
 
 
@@ -209,19 +280,22 @@ def test_findings_weigh_the_paired_bootstrap_intervals():
     """A claim that holds on the point estimates is 'not resolved' when the interval of the paired difference
     includes 0, 'clear of 0' when it does not, and a failed claim says when the difference is clear the other way."""
     study = _hand_study(1.8, 1.2)
-    study["intervals"] = {"ratio_ifim_minus": {"0.01": {"gradcam": [-0.1, 1.2]}},
+    study["intervals"] = {"ratio_ifim_minus": {"g": {"0.01": {"gradcam": [-0.1, 1.2]}}},
                           "fgsm_pearson_ifim_sensitive_minus": {"gradcam": [-0.6, -0.2]}}
     text = "\n".join(findings(study))
-    assert ("highest F1 ratio holds, but the 95 % interval of the difference includes 0 (ifim minus gradcam: "
+    assert "it holds with a 95 % interval clear of 0 at 0 of 1 under N(0.5, 0.25^2)" in text
+    assert ("at 1 % it holds, but the 95 % interval of the difference includes 0 (ifim minus gradcam: "
             "[-0.100, 1.200]): not resolved by this test set") in text
     assert ("lowest clean/adversarial correlation holds, and the 95 % interval of the difference stays clear of 0 "
             "(ifim_sensitive minus gradcam: [-0.600, -0.200])") in text
-    study["intervals"]["ratio_ifim_minus"]["0.01"]["gradcam"] = [0.2, 1.0]
-    assert "ratio holds, and the 95 % interval of the difference stays clear of 0" in "\n".join(findings(study))
+    study["intervals"]["ratio_ifim_minus"]["g"]["0.01"]["gradcam"] = [0.2, 1.0]
+    text = "\n".join(findings(study))
+    assert "at 1 % it holds, and the 95 % interval of the difference stays clear of 0" in text
+    assert "it holds with a 95 % interval clear of 0 at 1 of 1 under N(0.5, 0.25^2)" in text
     study["intervals"]["fgsm_pearson_ifim_sensitive_minus"]["gradcam"] = [1e-8, 1.2e-8]  # identical rankings
     assert "the 95 % interval of the difference stays within +-0.001" in "\n".join(findings(study))
     study = _hand_study(1.2, 1.5)
-    study["intervals"] = {"ratio_ifim_minus": {"0.01": {"gradcam": [-0.5, -0.1]}}}
+    study["intervals"] = {"ratio_ifim_minus": {"g": {"0.01": {"gradcam": [-0.5, -0.1]}}}}
     assert ("does not hold: gradcam is higher (1.500); the 95 % interval of the difference is clear of 0 the other "
             "way") in "\n".join(findings(study))
 
@@ -246,7 +320,7 @@ def test_report_files_json_and_table(tmp_path):
             "table2.csv", "fig3_perturbation_ratio.png", "fig3_f1_drops.png", "fig4_fgsm_correlation.png",
             "fig_randomization.png", "fig_localization.png", "fig1_overlays.png"} <= names
     results = json.loads((out / "results.json").read_text())  # strict JSON: NaN became null
-    assert results["study"]["perturbation"]["ifim"]["0.01"]["ratio"] is None
+    assert results["study"]["perturbation"]["g"]["ifim"]["0.01"]["ratio"] is None
     assert results["test_metrics"] == {"test_accuracy": 0.875}
     markdown = (out / "report.md").read_text()
     assert "| 1 | `b.pt` | 0.700 | 1.000 |" in markdown and "| test_accuracy | 0.875 |" in markdown

@@ -57,28 +57,32 @@ def test_evaluate_writes_the_report_with_table_ii_over_seeds(trained):
             "--output_dir", work / "eval", "--cache_dir", cache, "--table2_seeds", "[1]", "--table2_max_epochs", 1]
     bundle_cmd(*args)
     metrics = dict(row for row in csv.reader((work / "eval" / "metrics.csv").open()))
-    for key in ("test_accuracy", "test_precision", "test_recall", "test_f1", "study_ratio_ifim_1",
-                "study_ratio_scorecam_3", "study_fgsm_pearson_ifim_sensitive", "study_fgsm_flip_rate"):
+    for key in ("test_accuracy", "test_precision", "test_recall", "test_f1", "study_ratio_gauss_0_1_ifim_1",
+                "study_ratio_road_scorecam_3", "study_ratio_gauss_0.5_0.25_deepshap_2",
+                "study_deletion_delta_auc_f1_ifim", "study_fgsm_pearson_ifim_sensitive", "study_fgsm_flip_rate"):
         assert key in metrics, key
     assert 0.0 <= float(metrics["test_accuracy"]) <= 1.0
     report = work / "eval" / "report"
     results = json.loads((report / "results.json").read_text())
     assert results["study"]["n_images"] == 16
-    assert set(results["study"]["perturbation"]) == {"ifim", "gradcam", "gradcampp", "xgradcam", "eigencam",
-                                                     "scorecam", "deepshap", "vanilla_gradient", "random"}
+    assert set(results["study"]["perturbation"]) == {"gauss_0_1", "gauss_0.5_0.25", "road"}
+    for per_method in results["study"]["perturbation"].values():
+        assert set(per_method) == {"ifim", "gradcam", "gradcampp", "xgradcam", "eigencam", "scorecam", "deepshap",
+                                   "vanilla_gradient", "random"}
+    assert results["study"]["curves"]["alphas"] == [0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5]
     seeds = results["table2"]["seeds"]
     assert [r["seed"] for r in seeds] == [0, 1] and seeds[0]["checkpoint"] == str(ckpt)
     assert results["table2"]["precision"]["n"] == 2
     # the checkpoint under evaluation scores in Table II what the evaluator measured
     assert seeds[0]["accuracy"] == pytest.approx(float(metrics["test_accuracy"]))
     for name in ("report.md", "fig3_perturbation_ratio.png", "fig4_fgsm_correlation.png", "fig1_overlays.png",
-                 "table2.csv"):
+                 "table2.csv", "fig_deletion_curves.png", "curves.csv", "fig_detectability.png"):
         assert (report / name).is_file(), name
     seed_ckpt = work / "eval" / "seeds" / "seed1" / "model.pt"
     stamp = seed_ckpt.stat().st_mtime_ns
     bundle_cmd(*args, "--study_methods", "[gradcam]")  # a second report reuses the trained seed
     assert seed_ckpt.stat().st_mtime_ns == stamp
-    assert set(json.loads((report / "results.json").read_text())["study"]["perturbation"]) == {"gradcam"}
+    assert set(json.loads((report / "results.json").read_text())["study"]["perturbation"]["road"]) == {"gradcam"}
 
 
 def run_folder(stdout: str) -> Path:

@@ -35,7 +35,7 @@ from torch import nn
 from . import distributed
 from .atomic import append_csv_rows, atomic_write, write_csv
 from .ifim import ifim_decompose
-from .metrics import perturbation_scores, perturbed_predictions
+from .metrics import Fill, perturbation_scores, perturbed_predictions
 from .report import write_report
 from .study import STUDY_MAPS, AttributionStudy
 
@@ -231,7 +231,8 @@ class PerturbationMetricsHandler:
     """The contrastive pixel-perturbation study (eq. 23-26) with iFIM maps, over every epoch of an evaluator.
 
     Per batch: S(x) = |x_sens| and I(x) = |x_comp| (summed over channels), then the predictions on images whose
-    top-k pixels of S, bottom-k of I and k random pixels were replaced by N(noise_mean, noise_std^2) noise, seeded
+    top-k pixels of S, bottom-k of I and k random pixels were replaced by ``fill`` (default N(noise_mean, noise_std^2)
+    noise, ``scripts.metrics.GaussianFill``; or ROAD's ``NoisyLinearImputation``), seeded
     by ``seed`` and each image (``scripts.metrics.image_seeds``). At the end of the epoch, into
     ``engine.state.metrics``: ``<prefix>_ratio_<a>`` (F1_low / F1_high at alpha = a %), ``<prefix>_drop_high_<a>``,
     ``<prefix>_drop_low_<a>``, ``<prefix>_drop_random_<a>`` and ``<prefix>_f1_clean``. F1 is of class 1 for a
@@ -247,9 +248,10 @@ class PerturbationMetricsHandler:
 
     def __init__(self, alphas: Sequence[float] = (0.01, 0.02, 0.03), rho: float = 0.9, head: str = "softmax",
                  noise_mean: float = 0.0, noise_std: float = 1.0, seed: int = 0, model: Optional[nn.Module] = None,
-                 image_key: str = "image", label_key: str = "label", prefix: str = "ifim_perturbation"):
+                 image_key: str = "image", label_key: str = "label", prefix: str = "ifim_perturbation",
+                 fill: Optional[Fill] = None):
         self.alphas, self.rho, self.head = tuple(alphas), rho, head
-        self.noise_mean, self.noise_std, self.seed = noise_mean, noise_std, seed
+        self.noise_mean, self.noise_std, self.seed, self.fill = noise_mean, noise_std, seed, fill
         self.model, self.image_key, self.label_key, self.prefix = model, image_key, label_key, prefix
         self.predictions: Dict = {}
         self.labels: List[torch.Tensor] = []
@@ -272,7 +274,7 @@ class PerturbationMetricsHandler:
         self.num_classes = result.probs.shape[1]
         high, low = result.maps()
         predictions = perturbed_predictions(model, images, high, low, self.alphas, self.noise_mean, self.noise_std,
-                                            seed=self.seed)
+                                            seed=self.seed, fill=self.fill)
         for key, value in predictions.items():
             self.predictions.setdefault(key, []).append(value.cpu())
         self.labels.append(labels)
@@ -308,8 +310,8 @@ class AttributionStudyHandler:
     Args:
         report_dir: where the report goes (its own files replaced at each epoch end, nothing else touched); None
             computes only.
-        methods, alphas, noise_mean, noise_std, epsilon, seed, rho, max_images, n_examples, background: see
-            :class:`scripts.study.AttributionStudy`.
+        methods, alphas, noise_models, epsilon, seed, rho, max_images, n_examples, background, curve_alphas,
+            curve_fill, amplitude_bins: see :class:`scripts.study.AttributionStudy`.
         model: the classifier; default ``engine.network``.
         unit_key: batch key of each image's independent unit (``scripts.tasks.task_unit_key``: slice, subject or
             patient), the unit the report's bootstrap intervals resample; None: each image its own unit.
@@ -318,19 +320,23 @@ class AttributionStudyHandler:
     """
 
     def __init__(self, report_dir: Optional[os.PathLike] = None, methods: Sequence[str] = STUDY_MAPS,
-                 alphas: Sequence[float] = (0.01, 0.02, 0.03), noise_mean: float = 0.0, noise_std: float = 1.0,
+                 alphas: Sequence[float] = (0.01, 0.02, 0.03), noise_models: Optional[Sequence[Fill]] = None,
                  epsilon: float = 0.01, seed: int = 0, rho: float = 0.9, max_images: Optional[int] = None,
                  n_examples: int = 4, model: Optional[nn.Module] = None, image_key: str = "image",
                  label_key: str = "label", center_key: str = "signal_center", sigma_key: str = "signal_sigma",
-                 seed_table: Optional[dict] = None, context: Optional[Mapping[str, Any]] = None,
-                 state_key: str = "study", prefix: str = "study", background: Optional[torch.Tensor] = None,
-                 unit_key: Optional[str] = None):
+                 amplitude_key: str = "signal_amplitude", seed_table: Optional[dict] = None,
+                 context: Optional[Mapping[str, Any]] = None, state_key: str = "study", prefix: str = "study",
+                 background: Optional[torch.Tensor] = None, unit_key: Optional[str] = None,
+                 curve_alphas: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5), curve_fill: Optional[Fill] = None,
+                 amplitude_bins: Sequence[float] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35)):
         self.report_dir = None if report_dir is None else Path(report_dir)
-        self.study = AttributionStudy(methods, alphas, noise_mean, noise_std, epsilon, seed, rho, max_images,
-                                      n_examples, background=background)
+        self.study = AttributionStudy(methods, alphas, noise_models=noise_models, epsilon=epsilon, seed=seed, rho=rho,
+                                      max_images=max_images, n_examples=n_examples, background=background,
+                                      curve_alphas=curve_alphas, curve_fill=curve_fill,
+                                      amplitude_bins=amplitude_bins)
         self.max_images, self.unit_key = max_images, unit_key
         self.model, self.image_key, self.label_key = model, image_key, label_key
-        self.center_key, self.sigma_key = center_key, sigma_key
+        self.center_key, self.sigma_key, self.amplitude_key = center_key, sigma_key, amplitude_key
         self.seed_table, self.context = seed_table, dict(context or {})
         self.state_key, self.prefix = state_key, prefix
 
@@ -359,7 +365,9 @@ class AttributionStudyHandler:
             raise KeyError(f"the batch items carry no {self.unit_key!r} (the unit_key of the study's intervals).")
         units = None if self.unit_key is None else [_values(item[self.unit_key])[0] if isinstance(
             item[self.unit_key], torch.Tensor) else item[self.unit_key] for item in items]
-        self.study.update(model, images.to(device), labels, centers, sigmas, units)
+        amplitudes = (torch.stack([torch.as_tensor(item[self.amplitude_key]).view(()) for item in items])
+                      if all(self.amplitude_key in item for item in items) else None)
+        self.study.update(model, images.to(device), labels, centers, sigmas, units, amplitudes)
 
     def _finish(self, engine: Engine) -> None:
         if distributed.world_size() > 1:  # every rank merges the same studies in rank order: the same results
@@ -372,9 +380,12 @@ class AttributionStudyHandler:
         results["units"]["key"] = self.unit_key
         setattr(engine.state, self.state_key, results)
         metrics = engine.state.metrics
-        for method, per_alpha in results["perturbation"].items():
-            for alpha, values in per_alpha.items():
-                metrics[f"{self.prefix}_ratio_{method}_{100 * float(alpha):g}"] = values["ratio"]
+        for tag, per_method in results["perturbation"].items():
+            for method, per_alpha in per_method.items():
+                for alpha, values in per_alpha.items():
+                    metrics[f"{self.prefix}_ratio_{tag}_{method}_{100 * float(alpha):g}"] = values["ratio"]
+        for method, values in (results["curves"].get("methods") or {}).items():
+            metrics[f"{self.prefix}_deletion_delta_auc_f1_{method}"] = values["auc"]["delta_f1"]
         for name, values in results["fgsm"]["pearson"].items():
             metrics[f"{self.prefix}_fgsm_pearson_{name}"] = values["mean"]
         metrics[f"{self.prefix}_fgsm_flip_rate"] = results["fgsm"]["flip_rate"]

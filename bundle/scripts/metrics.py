@@ -11,6 +11,9 @@ position, perturbed in every input channel.
 * Contrastive pixel perturbation, eq. 23-26: :func:`perturbation_masks`, :func:`replace_pixels`,
   :func:`contrastive_perturbation` (F1 after perturbing the k = ceil(alpha * HW) pixels ranked highest by the
   sensitive map and lowest by the insensitive one, their ratio, the absolute drops and a random-pixel control).
+  What replaces the pixels (the paper: "a fixed distribution") is a fill: :class:`GaussianFill` or ROAD's
+  :class:`NoisyLinearImputation`, which keeps the perturbed image close to the data.
+* Deletion curves (MoRF / LeRF): :func:`curve_auc`; :func:`f1_scores` scores predictions (or bootstrap resamples).
 * FGSM, eq. 27: :func:`fgsm`; stability of maps under it: :func:`pearson_per_image`.
 * Agreement with a region that matters: :func:`annotation_agreement` (a reader's annotation) and
   :func:`signal_localization` (the known signal of SKS/BKS).
@@ -23,19 +26,24 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import math
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from ignite.metrics import ConfusionMatrix, MetricsLambda
+from scipy import sparse
+from scipy.sparse.linalg import spsolve
 from scipy.stats import rankdata, spearmanr
 from torch import nn
 
 from .ifim import eval_mode
 
 __all__ = ["image_seeds", "per_image_seeds", "num_perturbed", "perturbation_masks", "random_pixel_mask",
-           "replace_pixels", "f1", "eval_logits", "predict", "perturbed_predictions", "perturbation_scores",
+           "replace_pixels", "GaussianFill", "NoisyLinearImputation", "f1", "f1_scores", "eval_logits", "predict",
+           "perturbation_mask_sets", "perturbed_probabilities", "perturbed_predictions", "perturbation_scores",
+           "curve_auc",
            "contrastive_perturbation", "fgsm",
            "pearson_per_image", "spearman_per_image", "annotation_agreement", "signal_localization",
            "randomized_copy", "confusion_matrix",
@@ -137,6 +145,108 @@ def replace_pixels(x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor) -> 
     return torch.where(mask.expand_as(x), noise, x)
 
 
+class GaussianFill:
+    """Replace the masked pixels by N(mean, std^2) noise (eq. 25-26), drawn per image from its seed: the same value at
+    a given pixel whichever set of pixels is perturbed, so the sets compared differ only in where they are.
+
+    ``__call__(x, mask, seeds)``: ``x (B, C_in, *spatial)``, ``mask (B, 1, *spatial)`` boolean, ``seeds (B,)``.
+    """
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0):
+        if not std >= 0:
+            raise ValueError(f"std must be >= 0, got {std}.")
+        self.mean, self.std = float(mean), float(std)
+
+    @property
+    def name(self) -> str:
+        return f"N({self.mean:g}, {self.std:g}^2)"
+
+    @property
+    def tag(self) -> str:
+        return f"gauss_{self.mean:g}_{self.std:g}"
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        noise = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float64) for g in _generators(seeds)])
+        return replace_pixels(x, mask, (self.mean + self.std * noise).to(x))
+
+
+class NoisyLinearImputation:
+    """ROAD's noisy linear imputation (Rong et al., ICML 2022): the masked pixels take the values that make each of
+    them the weighted mean of its neighbours (face neighbours weigh twice the others: ROAD's 1/6 and 1/12 in 2D;
+    weights renormalised at the border), one sparse linear system per image solved for every channel, plus
+    N(0, noise_std^2) noise (per image, seeded). Removed pixels so look like their surroundings instead of an
+    outlier the model may react to by itself. Written here with scipy's sparse solver: no pinned library has it.
+
+    ``__call__(x, mask, seeds)``: ``x (B, C_in, *spatial)``, ``mask (B, 1, *spatial)`` boolean, ``seeds (B,)``.
+    """
+
+    def __init__(self, noise_std: float = 0.01):
+        if not noise_std >= 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}.")
+        self.noise_std = float(noise_std)
+
+    @property
+    def name(self) -> str:
+        return f"ROAD imputation (+N(0, {self.noise_std:g}^2))"
+
+    @property
+    def tag(self) -> str:
+        return "road"
+
+    @staticmethod
+    def impute(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
+        """``image (C_in, *spatial)`` with the ``removed (*spatial)`` pixels linearly imputed (float64)."""
+        spatial = removed.shape
+        unknown = np.flatnonzero(removed)
+        flat = image.reshape(image.shape[0], -1).astype(np.float64).copy()
+        if unknown.size == 0:
+            return flat.reshape(image.shape)
+        if unknown.size == removed.size:  # nothing to impute from
+            flat[:] = 0.0
+            return flat.reshape(image.shape)
+        position = np.full(removed.size, -1, dtype=np.int64)
+        position[unknown] = np.arange(unknown.size)
+        coords = np.stack(np.unravel_index(unknown, spatial), 1)  # (m, dims)
+        rows, cols, values, neighbours, weights = [], [], [], [], []
+        for offset in itertools.product((-1, 0, 1), repeat=len(spatial)):
+            if not any(offset):
+                continue
+            target = coords + np.asarray(offset)
+            inside = np.all((target >= 0) & (target < np.asarray(spatial)), 1)
+            index = np.full(unknown.size, -1, dtype=np.int64)
+            index[inside] = np.ravel_multi_index(tuple(target[inside].T), spatial)
+            neighbours.append(index)
+            weights.append(np.where(inside, 2.0 if sum(map(abs, offset)) == 1 else 1.0, 0.0))
+        weights = np.stack(weights, 1)
+        weights /= weights.sum(1, keepdims=True)
+        rhs = np.zeros((unknown.size, flat.shape[0]))
+        for index, weight in zip(np.stack(neighbours, 1).T, weights.T):
+            valid = index >= 0
+            known = valid & (position[np.where(valid, index, 0)] < 0)
+            rhs[known] += weight[known, None] * flat[:, index[known]].T
+            free = valid & ~known
+            rows.append(np.flatnonzero(free))
+            cols.append(position[index[free]])
+            values.append(-weight[free])
+        matrix = sparse.csc_matrix((np.concatenate([np.ones(unknown.size)] + values),
+                                    (np.concatenate([np.arange(unknown.size)] + rows),
+                                     np.concatenate([np.arange(unknown.size)] + cols))),
+                                   shape=(unknown.size, unknown.size))
+        solution = spsolve(matrix, rhs)
+        flat[:, unknown] = np.asarray(solution).reshape(unknown.size, -1).T
+        return flat.reshape(image.shape)
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        if mask.shape[0] != x.shape[0] or mask.shape[2:] != x.shape[2:]:
+            raise ValueError(f"x {tuple(x.shape)} and mask {tuple(mask.shape)} disagree.")
+        images = x.detach().cpu().double().numpy()
+        removed = mask[:, 0].cpu().numpy().astype(bool)
+        filled = np.stack([self.impute(image, region) for image, region in zip(images, removed)])
+        noise = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float64) for g in _generators(seeds)])
+        imputed = torch.from_numpy(filled) + self.noise_std * noise
+        return replace_pixels(x, mask, imputed.to(x))
+
+
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
     """``(C, C)`` counts, rows the true classes, columns the predicted ones."""
     y_true, y_pred = np.asarray(y_true, dtype=np.int64).ravel(), np.asarray(y_pred, dtype=np.int64).ravel()
@@ -187,33 +297,64 @@ def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batc
 
 
 PERTURBED_SETS = ("high", "low", "random")
+Fill = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def perturbation_mask_sets(high_map: torch.Tensor, low_map: Optional[torch.Tensor], alphas: Sequence[float],
+                           seeds: torch.Tensor, sets: Sequence[str] = PERTURBED_SETS) -> Dict:
+    """``{(alpha, set): (B, 1, *spatial) mask}``: ``high`` the top-k of ``high_map``, ``low`` the bottom-k of
+    ``low_map`` (``high_map`` when None), ``random`` k uniformly drawn pixels (:func:`perturbation_masks`,
+    :func:`random_pixel_mask`; the random pixels of the i-th alpha are drawn from seed + 1 + i)."""
+    low_map = high_map if low_map is None else low_map
+    masks = {}
+    for i, alpha in enumerate(alphas):
+        high, low = perturbation_masks(high_map, low_map, alpha, seeds)
+        drawn = {"high": high, "low": low}
+        if "random" in sets:
+            drawn["random"] = random_pixel_mask(high_map, alpha, seeds + 1 + i)
+        masks.update({(alpha, name): drawn[name] for name in sets})
+    return masks
+
+
+def perturbed_probabilities(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, masks: Mapping,
+                            fill: Fill, seeds: torch.Tensor) -> Dict:
+    """``{key: (B, C) softmax probabilities}`` of ``model`` on ``fill(x, mask, seeds)`` for every mask of ``masks``."""
+    return {key: torch.softmax(eval_logits(model, fill(x, mask, seeds)).double(), 1) for key, mask in masks.items()}
 
 
 def perturbed_predictions(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, high_map: torch.Tensor,
                           low_map: Optional[torch.Tensor] = None, alphas: Sequence[float] = (0.01, 0.02, 0.03),
                           noise_mean: float = 0.0, noise_std: float = 1.0, seed: Seeds = 0,
-                          clean: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                          clean: Optional[torch.Tensor] = None, fill: Optional[Fill] = None) -> Dict[str, torch.Tensor]:
     """One batch of the contrastive pixel-perturbation study (eq. 23-26): predictions on the clean images and on
     each perturbed set, ``{"clean": (B,), (alpha, "high" | "low" | "random"): (B,)}``.
 
     The k highest pixels of ``high_map`` and the k lowest of ``low_map`` (``high_map`` itself when None; ties in
-    a random order) are replaced by Gaussian noise N(noise_mean, noise_std^2), the same value at a given pixel for
-    every set; ``random`` replaces k uniformly drawn pixels (the control). Every draw for an image comes from its
-    seed: ``seed`` is ``(B,)`` per-image seeds or an integer hashed with each image (:func:`image_seeds`), so
-    results do not depend on the batch. ``clean``: the clean predictions ``(B,)`` when the caller has them
-    already (one forward pass fewer).
+    a random order) are replaced by ``fill`` (default :class:`GaussianFill` N(noise_mean, noise_std^2): the same
+    value at a given pixel for every set); ``random`` replaces k uniformly drawn pixels (the control). Every draw
+    for an image comes from its seed: ``seed`` is ``(B,)`` per-image seeds or an integer hashed with each image
+    (:func:`image_seeds`), so results do not depend on the batch. ``clean``: the clean predictions ``(B,)`` when the
+    caller has them already (one forward pass fewer).
     """
-    low_map = high_map if low_map is None else low_map
     seeds = per_image_seeds(x, seed)
-    noise = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float64) for g in _generators(seeds)])
-    noise = (noise_mean + noise_std * noise).to(x)
+    fill = GaussianFill(noise_mean, noise_std) if fill is None else fill
+    masks = perturbation_mask_sets(high_map, low_map, alphas, seeds)
     predictions: Dict = {"clean": predict(model, x) if clean is None else clean}
-    for i, alpha in enumerate(alphas):
-        mask_high, mask_low = perturbation_masks(high_map, low_map, alpha, seeds)
-        masks = {"high": mask_high, "low": mask_low, "random": random_pixel_mask(high_map, alpha, seeds + 1 + i)}
-        for name in PERTURBED_SETS:
-            predictions[(alpha, name)] = predict(model, replace_pixels(x, masks[name], noise))
+    probabilities = perturbed_probabilities(model, x, masks, fill, seeds)
+    predictions.update({key: probs.argmax(1) for key, probs in probabilities.items()})
     return predictions
+
+
+def f1_scores(y: Sequence[int], predicted: Sequence[int], num_classes: int, weights: Optional[np.ndarray] = None):
+    """F1 (:func:`scores_from_confusion`) of ``predicted`` against ``y``; with ``weights`` ``(R, N)`` (each image's
+    count in R bootstrap resamples) an array ``(R,)``, one F1 per resample."""
+    y, predicted = np.asarray(y, dtype=np.int64).ravel(), np.asarray(predicted, dtype=np.int64).ravel()
+    if weights is None:
+        return scores_from_confusion(confusion_matrix(y, predicted, num_classes))["f1"]
+    confusion_matrix(y, predicted, num_classes)  # checks the classes
+    # (R, N) @ (N, C^2): the weighted confusion matrix of every resample at once
+    counts = weights @ np.eye(num_classes**2)[y * num_classes + predicted]
+    return scores_from_confusion(counts.reshape(-1, num_classes, num_classes))["f1"]
 
 
 def perturbation_scores(y: torch.Tensor, predictions: Dict, num_classes: int,
@@ -223,12 +364,7 @@ def perturbation_scores(y: torch.Tensor, predictions: Dict, num_classes: int,
     y_list = y.tolist()
 
     def f1_of(predicted: torch.Tensor):
-        if weights is None:
-            return scores_from_confusion(confusion_matrix(y_list, predicted.tolist(), num_classes))["f1"]
-        # (R, N) @ (N, C^2): the weighted confusion matrix of every resample at once
-        codes = np.asarray(y_list, dtype=np.int64) * num_classes + np.asarray(predicted.tolist(), np.int64)
-        return scores_from_confusion((weights @ np.eye(num_classes**2)[codes]).reshape(-1, num_classes,
-                                                                                       num_classes))["f1"]
+        return f1_scores(y_list, predicted.tolist(), num_classes, weights)
 
     f1_clean = f1_of(predictions["clean"])
     results: Dict[float, Dict[str, float]] = {}
@@ -239,6 +375,16 @@ def perturbation_scores(y: torch.Tensor, predictions: Dict, num_classes: int,
                           "drop_high": f1_clean - scores["high"], "drop_low": f1_clean - scores["low"],
                           "drop_random": f1_clean - scores["random"]}
     return results
+
+
+def curve_auc(alphas: Sequence[float], values) -> np.ndarray:
+    """Area under a curve over ``alphas`` (trapezoids) divided by the alpha span: the curve's mean height, in the
+    units of ``values`` (``(..., A)``: a curve per row, e.g. per bootstrap resample)."""
+    alphas = np.asarray(alphas, dtype=np.float64)
+    if alphas.ndim != 1 or len(alphas) < 2 or np.any(np.diff(alphas) <= 0):
+        raise ValueError(f"alphas must increase, two or more of them; got {alphas.tolist()}.")
+    values = np.asarray(values, dtype=np.float64)
+    return np.trapezoid(values, alphas, axis=-1) / (alphas[-1] - alphas[0])
 
 
 def _ratio(low, high):
@@ -255,8 +401,8 @@ def _ratio(low, high):
 def contrastive_perturbation(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                              high_map: torch.Tensor, low_map: Optional[torch.Tensor] = None,
                              alphas: Sequence[float] = (0.01, 0.02, 0.03), noise_mean: float = 0.0,
-                             noise_std: float = 1.0, seed: Seeds = 0, num_classes: Optional[int] = None
-                             ) -> Dict[float, Dict[str, float]]:
+                             noise_std: float = 1.0, seed: Seeds = 0, num_classes: Optional[int] = None,
+                             fill: Optional[Fill] = None) -> Dict[float, Dict[str, float]]:
     """The contrastive pixel-perturbation study of Sec. IV-E on a set of images held in memory.
 
     Returns:
@@ -267,7 +413,7 @@ def contrastive_perturbation(model: Callable[[torch.Tensor], torch.Tensor], x: t
         F1 is of the positive class for C = 2, macro-averaged for more classes.
     """
     num_classes = num_classes or int(eval_logits(model, x[:1]).shape[1])
-    predictions = perturbed_predictions(model, x, high_map, low_map, alphas, noise_mean, noise_std, seed)
+    predictions = perturbed_predictions(model, x, high_map, low_map, alphas, noise_mean, noise_std, seed, fill=fill)
     return perturbation_scores(y, predictions, num_classes)
 
 

@@ -16,20 +16,27 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .atomic import atomic_write, remove_stale_temporaries, temporary_prefix, write_csv
-from .visualize import grouped_bar_figure, maps_grid_figure, save_figure_atomic
+from .visualize import grouped_bar_figure, line_panels_figure, maps_grid_figure, save_figure_atomic
 
 __all__ = ["write_report", "findings", "REPORT_FILES"]
 
 # Every file a report may write. Names a report writes replace the old ones; names it does not write this time
 # (e.g. table2.csv without Table II) are removed, so the folder never mixes two reports. Nothing else is touched.
 REPORT_FILES = ("report.md", "results.json", "perturbation.csv", "fgsm.csv", "randomization.csv", "localization.csv",
-                "table2.csv", "fig1_overlays.png", "fig3_perturbation_ratio.png", "fig3_f1_drops.png",
-                "fig4_fgsm_correlation.png", "fig_randomization.png", "fig_localization.png")
+                "table2.csv", "curves.csv", "detectability.csv", "fig1_overlays.png", "fig3_perturbation_ratio.png",
+                "fig3_f1_drops.png", "fig4_fgsm_correlation.png", "fig_randomization.png", "fig_localization.png",
+                "fig_deletion_curves.png", "fig_detectability.png")
+
+# What the paper reports (Table II; the claims of Fig. 3 and 4), shown beside this run's numbers. Table II columns by
+# task: the MRI column is the SKS/BKS task's.
+PAPER_TABLE2 = {"cxr": {"VGG16": ((0.77, 0.03), (0.78, 0.03)), "ResNet18": ((0.80, 0.01), (0.79, 0.03))},
+                "oct": {"VGG16": ((0.98, 0.01), (0.98, 0.01)), "ResNet18": ((0.98, 0.01), (0.98, 0.01))},
+                "mri": {"VGG16": ((0.97, 0.01), (0.96, 0.01)), "ResNet18": ((0.97, 0.01), (0.97, 0.01))}}
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -101,44 +108,142 @@ def _runner_up(scores: Mapping[str, float], ours: str, highest: bool) -> Optiona
     return _best({m: v for m, v in scores.items() if m != ours}, highest)
 
 
+def _perturbation_findings(study: dict) -> Tuple[List[str], Dict[str, int]]:
+    """The paper's Fig. 3 claim (iFIM has the highest F1 ratio) under every fill, and a summary of where it holds;
+    and per fill name, at how many fractions it holds with an interval clear of 0."""
+    lines, alphas = [], [f"{a:g}" for a in study["alphas"]]
+    names = {m["tag"]: m["name"] for m in study.get("noise_models", [])}
+    holds_clear: Dict[str, int] = {}
+    for tag, perturbation in study["perturbation"].items():
+        if "ifim" not in perturbation:
+            continue
+        differences = (study.get("intervals") or {}).get("ratio_ifim_minus", {}).get(tag, {})
+        parts, clear = [], 0
+        for alpha in alphas:
+            ratios = {m: v[alpha]["ratio"] for m, v in perturbation.items()}
+            best = _best(ratios, highest=True)
+            other = _runner_up(ratios, "ifim", highest=True) if best == "ifim" else best
+            verdict = _paired(_verdict(ratios, "ifim", best, "higher"), differences.get(alpha, {}), "ifim", other, +1)
+            clear += "stays clear of 0" in verdict and verdict.startswith("holds")
+            parts.append(f"at {100 * float(alpha):g} % it {verdict} (iFIM's ratio {_fmt(ratios['ifim'])})")
+            ifim = perturbation["ifim"][alpha]
+            if ifim["drop_high"] <= ifim["drop_random"]:
+                parts.append(f"at {100 * float(alpha):g} % replacing iFIM's top pixels lowers F1 by "
+                             f"{_fmt(ifim['drop_high'])}, no more than replacing random pixels "
+                             f"({_fmt(ifim['drop_random'])}): the ratio reflects how harmless the bottom set is, "
+                             "not that the top set is special")
+        holds_clear[names.get(tag, tag)] = clear
+        lines.append(f"Pixels replaced by {names.get(tag, tag)}: the claim that iFIM gets the highest F1 ratio: "
+                     + "; ".join(parts) + ".")
+    if holds_clear:
+        lines.append(f"Summary of Fig. 3's claim over {len(alphas)} pixel fractions: "
+                     f"{_claim_summary(holds_clear, len(alphas))}.")
+    return lines, holds_clear
+
+
+def _claim_summary(holds_clear: Mapping[str, int], n: int) -> str:
+    counts = ", ".join(f"{k} of {n} under {name}" for name, k in holds_clear.items())
+    return f"it holds with a 95 % interval clear of 0 at {counts}"
+
+
+def _fgsm_verdict(study: dict) -> Optional[str]:
+    """Fig. 4's claim (S has the lowest clean / adversarial correlation), judged with the paired interval."""
+    correlations = {m: v["mean"] for m, v in study["fgsm"]["pearson"].items()}
+    if "ifim_sensitive" not in correlations:
+        return None
+    lowest = _best(correlations, highest=False)
+    other = _runner_up(correlations, "ifim_sensitive", highest=False) if lowest == "ifim_sensitive" else lowest
+    return _paired(_verdict(correlations, "ifim_sensitive", lowest, "lower"),
+                   (study.get("intervals") or {}).get("fgsm_pearson_ifim_sensitive_minus", {}), "ifim_sensitive",
+                   other, -1)
+
+
+def _curve_findings(study: dict) -> List[str]:
+    """Which map orders pixels best by the deletion curves (LeRF minus MoRF AUC), iFIM's place with its interval."""
+    curves = (study.get("curves") or {}).get("methods") or {}
+    if "ifim" not in curves:
+        return []
+    lines = []
+    differences = ((study.get("intervals") or {}).get("curves") or {}).get("delta_ifim_minus", {})
+    for measure, label in (("f1", "F1"), ("prob", "true-class probability")):
+        deltas = {m: v["auc"][f"delta_{measure}"] for m, v in curves.items()}
+        best = _best(deltas, highest=True)
+        other = _runner_up(deltas, "ifim", highest=True) if best == "ifim" else best
+        verdict = _paired(_verdict(deltas, "ifim", best, "higher"), differences.get(measure, {}), "ifim", other, +1)
+        lines.append(f"Deletion curves ({study['curves']['fill']}, alpha 0-{100 * study['curves']['alphas'][-1]:g} %), "
+                     f"{label}: LeRF minus MoRF AUC is {_fmt(deltas['ifim'])} for iFIM; the claim that iFIM orders "
+                     f"pixels best by it {verdict}.")
+    return lines
+
+
+def _identity_findings(study: dict) -> List[str]:
+    """For C = 2: how far S and the vanilla gradient, equal rankings in exact arithmetic, agree in this run, and
+    which of the perturbed sets carries the difference of their ratios."""
+    overlap = study.get("topk_overlap_ifim_sensitive_vs_gradient") or {}
+    if not overlap:
+        return []
+    measured = ", ".join(f"{_fmt(v)} at {100 * float(a):g} %" for a, v in overlap.items())
+    line = ("For C = 2 the iFIM sensitive map is a multiple of |grad(z_1 - z_0)| and so ranks pixels as the vanilla "
+            f"gradient |grad log p| does: their top-k sets coincide in exact arithmetic. Measured mean top-k overlap: "
+            f"{measured}")
+    low = min(overlap.values())
+    line += "." if low >= 1.0 else (f"; the up to {_fmt(100 * (1 - low), 2)} % that differ are pixels whose order the "
+                                    "float32 round-off of the two computations changes (in float64 the sets agree "
+                                    "exactly, tests/test_study.py).")
+    gaps = {"high": [], "low": []}
+    for perturbation in study["perturbation"].values():
+        if {"ifim", "vanilla_gradient"} <= set(perturbation):
+            for alpha in perturbation["ifim"]:
+                for name in gaps:
+                    gaps[name].append(abs(perturbation["ifim"][alpha][f"f1_{name}"]
+                                          - perturbation["vanilla_gradient"][alpha][f"f1_{name}"]))
+    if gaps["high"]:
+        high, low = max(gaps["high"]), max(gaps["low"])
+        carrier = "bottom" if low > high else "top"
+        line += (f" Over every fill and fraction, F1 after perturbing the top sets differs between the two by at most "
+                 f"{_fmt(high)}, after perturbing the bottom sets (iFIM's BottomK(I), the gradient's own bottom-k) by "
+                 f"up to {_fmt(low)}: the {carrier} sets carry the difference of their ratios.")
+    return [line]
+
+
+def _detectability_findings(study: dict) -> List[str]:
+    bins = [b for b in (study.get("detectability") or {}).get("bins", []) if b["n"]]
+    if len(bins) < 2:
+        return []
+    first, last = bins[0], bins[-1]
+    trend = "rises" if last["recall"] > first["recall"] else "falls" if last["recall"] < first["recall"] else "stays"
+    return [f"Detectability: recall {trend} from {_fmt(first['recall'])} [{_fmt(first['interval'][0])}, "
+            f"{_fmt(first['interval'][1])}] for signal amplitudes {first['low']:g}-{first['high']:g} to "
+            f"{_fmt(last['recall'])} [{_fmt(last['interval'][0])}, {_fmt(last['interval'][1])}] for "
+            f"{last['low']:g}-{last['high']:g}."]
+
+
 def findings(study: dict, seed_table: Optional[dict] = None) -> List[str]:
     """Plain statements, each derived from the numbers: what holds of the paper's claims and what does not."""
     lines = []
-    perturbation, alphas = study["perturbation"], [f"{a:g}" for a in study["alphas"]]
-    for alpha in alphas:
-        ratios = {m: v[alpha]["ratio"] for m, v in perturbation.items()}
-        best = _best(ratios, highest=True)
-        if "ifim" in ratios:
-            other = _runner_up(ratios, "ifim", highest=True) if best == "ifim" else best
-            verdict = _paired(_verdict(ratios, "ifim", best, "higher"),
-                              (study.get("intervals") or {}).get("ratio_ifim_minus", {}).get(alpha, {}), "ifim",
-                              other, +1)
-            lines.append(f"alpha = {100 * float(alpha):g} %: the claim that iFIM gets the highest F1 ratio {verdict}; "
-                         f"iFIM's ratio is {_fmt(ratios['ifim'])}.")
-            ifim = perturbation["ifim"][alpha]
-            if ifim["drop_high"] <= ifim["drop_random"]:
-                lines.append(f"alpha = {100 * float(alpha):g} %: replacing iFIM's top pixels lowers F1 by "
-                             f"{_fmt(ifim['drop_high'])}, no more than replacing random pixels "
-                             f"({_fmt(ifim['drop_random'])}): the ratio reflects how harmless the bottom set is, "
-                             "not that the top set is special.")
-    correlations = {m: v["mean"] for m, v in study["fgsm"]["pearson"].items()}
-    lowest = _best(correlations, highest=False)
-    if "ifim_sensitive" in correlations:
-        other = _runner_up(correlations, "ifim_sensitive", highest=False) if lowest == "ifim_sensitive" else lowest
-        verdict = _paired(_verdict(correlations, "ifim_sensitive", lowest, "lower"),
-                          (study.get("intervals") or {}).get("fgsm_pearson_ifim_sensitive_minus", {}),
-                          "ifim_sensitive", other, -1)
+    lines += _perturbation_findings(study)[0]
+    lines += _curve_findings(study)
+    fgsm_verdict = _fgsm_verdict(study)
+    if fgsm_verdict is not None:
         lines.append(f"FGSM (epsilon {study['fgsm']['epsilon']:g}, {_fmt(100 * study['fgsm']['flip_rate'], 1)} % of "
                      f"predictions flipped): the claim that the iFIM sensitive map has the lowest clean/adversarial "
-                     f"correlation {verdict}; its mean correlation is {_fmt(correlations['ifim_sensitive'])}. Low "
-                     "correlation measures sensitivity to the attack, not faithfulness.")
-    overlap = study.get("topk_overlap_ifim_sensitive_vs_gradient") or {}
-    if overlap:
-        measured = ", ".join(f"{_fmt(v)} at {100 * float(a):g} %" for a, v in overlap.items())
-        lines.append("For C = 2 the iFIM sensitive map is a multiple of |grad(z_1 - z_0)| and so ranks pixels exactly "
-                     "as the vanilla gradient |grad log p| does (a multiple of the same vector): their top-k sets "
-                     f"coincide. Measured mean top-k overlap: {measured} (below 1 only through ties and float "
-                     "round-off). Their F1 ratios differ only through the bottom-k set.")
+                     f"correlation {fgsm_verdict}; its mean correlation is "
+                     f"{_fmt(study['fgsm']['pearson']['ifim_sensitive']['mean'])}. Low correlation measures "
+                     "sensitivity to the attack, not faithfulness.")
+    lines += _identity_findings(study)
+    complement = study.get("complement_vs_image") or {}
+    if complement.get("n"):
+        r = complement["mean"]
+        low, high = complement.get("interval", [math.nan, math.nan])
+        if r >= 0.9:
+            lines.append(f"I(x) is close to the image itself: its Pearson correlation with |x| averages {_fmt(r)} "
+                         f"[{_fmt(low)}, {_fmt(high)}], so x_sens is a small part of x and I's stability under FGSM "
+                         f"({_fmt(study['fgsm']['pearson'].get('ifim_complement', {}).get('mean', math.nan))}) is "
+                         "mostly the image's own, not evidence about the decomposition.")
+        else:
+            lines.append(f"I(x) differs from the image: its Pearson correlation with |x| averages {_fmt(r)} "
+                         f"[{_fmt(low)}, {_fmt(high)}].")
+    lines += _detectability_findings(study)
     localization = study.get("localization") or {}
     if localization:
         gain = {m: v["energy_fraction"] / v["area_fraction"] for m, v in localization.items() if v["area_fraction"]}
@@ -173,29 +278,63 @@ def _ci(study: dict, path: Sequence[str], scale: float = 1.0) -> str:
     return f" [{_fmt(scale * low, 1 if scale != 1 else 3)}, {_fmt(scale * high, 1 if scale != 1 else 3)}]"
 
 
+def _noise_names(study: dict) -> Dict[str, str]:
+    return {m["tag"]: m["name"] for m in study.get("noise_models", [])}
+
+
 def _perturbation_rows(study: dict) -> List[list]:
+    names = _noise_names(study)
     rows = []
-    for method, per_alpha in study["perturbation"].items():
-        for alpha, v in per_alpha.items():
-            rows.append([method, alpha, v["f1_clean"], v["f1_high"], v["f1_low"], v["f1_random"], v["ratio"],
-                         v["drop_high"], v["drop_low"], v["drop_random"]])
+    for tag, per_method in study["perturbation"].items():
+        for method, per_alpha in per_method.items():
+            for alpha, v in per_alpha.items():
+                rows.append([names.get(tag, tag), method, alpha, v["f1_clean"], v["f1_high"], v["f1_low"],
+                             v["f1_random"], v["ratio"], v["drop_high"], v["drop_low"], v["drop_random"]])
     return rows
+
+
+def _curve_rows(study: dict) -> List[list]:
+    curves = study.get("curves") or {}
+    return [[method, alpha] + [v[key][i] for key in ("morf_f1", "lerf_f1", "morf_prob", "lerf_prob")]
+            for method, v in (curves.get("methods") or {}).items() for i, alpha in enumerate(curves["alphas"])]
 
 
 def _figures(study: dict, out: Path) -> Dict[str, str]:
     names = {}
     alphas = [f"{a:g}" for a in study["alphas"]]
-    groups = [f"{100 * float(a):g} %" for a in alphas]
-    ratios = {m: [v[a]["ratio"] for a in alphas] for m, v in study["perturbation"].items()}
+    noise = _noise_names(study)
+    tags = list(study["perturbation"])
+    groups = [f"{noise.get(t, t)}\n{100 * float(a):g} %" for t in tags for a in alphas]
+    methods = list(study["perturbation"][tags[0]])
+    ratios = {m: [study["perturbation"][t][m][a]["ratio"] for t in tags for a in alphas] for m in methods}
     save_figure_atomic(grouped_bar_figure(ratios, groups, "F1 low / F1 high", "Contrastive pixel perturbation "
-                                          "(Fig. 3): higher = top pixels matter more", reference=1.0),
+                                          "(Fig. 3) under each fill: higher = top pixels matter more", reference=1.0),
                        out / "fig3_perturbation_ratio.png")
     names["fig3"] = "fig3_perturbation_ratio.png"
-    drops = {f"{m} {s}": [v[a][f"drop_{s}"] for a in alphas] for m, v in study["perturbation"].items()
-             for s in ("high", "random") if m == "ifim" or s == "high"}
+    drops = {f"{m} {s}": [study["perturbation"][t][m][a][f"drop_{s}"] for t in tags for a in alphas]
+             for m in methods for s in ("high", "random") if m == "ifim" or s == "high"}
     save_figure_atomic(grouped_bar_figure(drops, groups, "F1 drop", "F1 drop after replacing top-k pixels, and "
                                           "the random-pixel control"), out / "fig3_f1_drops.png")
     names["drops"] = "fig3_f1_drops.png"
+    curves = study.get("curves") or {}
+    if curves.get("methods"):
+        x = [100 * a for a in curves["alphas"]]
+        panels = {f"{label}, {order}": {f"{m} {order}": v[f"{order.lower()}_{key}"]
+                                        for m, v in curves["methods"].items()}
+                  for key, label in (("f1", "F1"), ("prob", "true-class probability")) for order in ("MoRF", "LeRF")}
+        save_figure_atomic(line_panels_figure(x, panels, "pixels removed (%)", f"Deletion curves, pixels replaced by "
+                                              f"{curves['fill']}: MoRF low and LeRF high = a map that orders pixels "
+                                              "by their effect"), out / "fig_deletion_curves.png")
+        names["curves"] = "fig_deletion_curves.png"
+    bins = [b for b in (study.get("detectability") or {}).get("bins", []) if b["n"]]
+    if bins:
+        centres = [(b["low"] + b["high"]) / 2 for b in bins]
+        recall = {"recall": [b["recall"] for b in bins]}
+        band = {"recall": ([b["interval"][0] for b in bins], [b["interval"][1] for b in bins])}
+        save_figure_atomic(line_panels_figure(centres, {"clean test images": recall}, "signal amplitude (bin centre)",
+                                              "Detectability: recall by signal amplitude (95 % interval shaded)",
+                                              bands={"clean test images": band}), out / "fig_detectability.png")
+        names["detectability"] = "fig_detectability.png"
     pearson = study["fgsm"]["pearson"]
     save_figure_atomic(grouped_bar_figure({m: [v["mean"]] for m, v in pearson.items()}, ["clean vs FGSM"],
                                           "Pearson correlation", f"Clean / adversarial map correlation (Fig. 4), "
@@ -264,18 +403,34 @@ def _markdown(study: dict, test_metrics: Mapping[str, float], seed_table: Option
                   "mean +- std (ddof 1): " + ", ".join(f"{k} {_fmt(seed_table[k]['mean'])} +- "
                                                        f"{_fmt(seed_table[k]['std'])}"
                                                        for k in ("precision", "recall", "f1", "accuracy")), ""]
-    noise = study["noise"]
+    names = _noise_names(study)
     parts += ["## Contrastive pixel perturbation (eq. 23-26, Fig. 3)", "",
-              f"k = ceil(alpha HW) pixels replaced by N({noise['mean']:g}, {noise['std']:g}^2) noise (seed "
-              f"{noise['seed']}), the same noise for every method. iFIM: TopK(S) vs BottomK(I); others: top-k vs "
-              "bottom-k of the same map; `random`: k random pixels (control). F1 of class 1 (C = 2) or macro.", "",
-              _table(["method"] + [f"ratio {100 * float(a):g} %" for a in alphas]
-                     + [f"drop high / low / random {100 * float(a):g} %" for a in alphas],
-                     [[m] + [_fmt(v[a]["ratio"]) + _ci(study, ("perturbation", m, a, "ratio")) for a in alphas]
-                      + [" / ".join(_fmt(v[a][f"drop_{s}"]) + _ci(study, ("perturbation", m, a, f"drop_{s}"))
-                                    for s in ("high", "low", "random")) for a in alphas]
-                      for m, v in study["perturbation"].items()]), "",
-              f"![ratio]({figures['fig3']})", "", f"![drops]({figures['drops']})", ""]
+              f"k = ceil(alpha HW) pixels replaced, under each fill below (seed {study.get('noise_seed', 0)}), the "
+              "same fill for every method. iFIM: TopK(S) vs BottomK(I); others: top-k vs bottom-k of the same map; "
+              "`random`: k random pixels (control). F1 of class 1 (C = 2) or macro. The paper says only \"a fixed "
+              "distribution\": the three fills were fixed before these results were seen.", ""]
+    for tag, per_method in study["perturbation"].items():
+        parts += [f"### {names.get(tag, tag)}", "",
+                  _table(["method"] + [f"ratio {100 * float(a):g} %" for a in alphas]
+                         + [f"drop high / low / random {100 * float(a):g} %" for a in alphas],
+                         [[m] + [_fmt(v[a]["ratio"]) + _ci(study, ("perturbation", tag, m, a, "ratio")) for a in alphas]
+                          + [" / ".join(_fmt(v[a][f"drop_{s}"]) + _ci(study, ("perturbation", tag, m, a, f"drop_{s}"))
+                                        for s in ("high", "low", "random")) for a in alphas]
+                          for m, v in per_method.items()]), ""]
+    parts += [f"![ratio]({figures['fig3']})", "", f"![drops]({figures['drops']})", ""]
+    curves = study.get("curves") or {}
+    if curves.get("methods"):
+        parts += ["## Deletion curves (MoRF / LeRF)", "",
+                  f"Pixels removed most relevant first (MoRF; iFIM: TopK(S)) or least relevant first (LeRF; iFIM: "
+                  f"BottomK(I)), replaced by {curves['fill']}, at alpha = "
+                  + ", ".join(f"{100 * a:g}" for a in curves["alphas"]) + " %. AUC: the curve's mean height over "
+                  "alpha. A map that orders pixels by their effect has a low MoRF and a high LeRF curve: LeRF minus "
+                  "MoRF, higher is better.", "",
+                  _table(["method", "MoRF F1", "LeRF F1", "LeRF - MoRF (F1)", "MoRF p(true)", "LeRF p(true)",
+                          "LeRF - MoRF (p)"],
+                         [[m] + [_fmt(v["auc"][k]) + _ci(study, ("curves", m, k))
+                                 for k in ("morf_f1", "lerf_f1", "delta_f1", "morf_prob", "lerf_prob", "delta_prob")]
+                          for m, v in curves["methods"].items()]), "", f"![curves]({figures['curves']})", ""]
     fgsm = study["fgsm"]
     parts += ["## Stability under FGSM (eq. 27, Fig. 4)", "",
               f"epsilon = {fgsm['epsilon']:g}; predictions flipped: {_fmt(100 * fgsm['flip_rate'], 1)} %"
@@ -302,6 +457,31 @@ def _markdown(study: dict, test_metrics: Mapping[str, float], seed_table: Option
                      [[m, _fmt(v["mean"]) + _ci(study, ("randomization", m)), _fmt(v["std"]), v["n"],
                        v["n_undefined"]] for m, v in study["randomization"].items()]), "",
               f"![randomization]({figures['randomization']})", ""]
+    detectability = study.get("detectability") or {}
+    if detectability.get("bins"):
+        parts += ["## Detectability: recall by signal amplitude", "",
+                  f"Clean predictions of the {detectability['n_positives']} signal-present test images, by the "
+                  "amplitude of the inserted signal (95 % unit-bootstrap intervals).", "",
+                  _table(["amplitude", "images", "recall"],
+                         [[f"{b['low']:g}-{b['high']:g}", b["n"], _fmt(b["recall"]) + (
+                             f" [{_fmt(b['interval'][0])}, {_fmt(b['interval'][1])}]" if b["n"] else "")]
+                          for b in detectability["bins"]]), ""]
+        if figures.get("detectability"):
+            parts += [f"![detectability]({figures['detectability']})", ""]
+    parts += _paper_section(study, seed_table, context)
+    seconds = study.get("seconds") or {}
+    if seconds:
+        total = sum(seconds.values())
+        shown = {k: v for k, v in seconds.items() if v >= 0.01 * total}
+        rest = {k: v for k, v in seconds.items() if k not in shown}
+        rows = [[k, _fmt(v, 1), f"{100 * v / total:.1f} %"] for k, v in shown.items()]
+        if rest:
+            rows.append([f"{len(rest)} other stages, each under 1 %", _fmt(sum(rest.values()), 1),
+                         f"{100 * sum(rest.values()) / total:.1f} %"])
+        parts += ["## Where the study's time goes", "",
+                  f"{_fmt(total, 0)} s in all on this machine (the Table II seeds' training not included), by "
+                  "stage and map method (all of them in `results.json`):", "",
+                  _table(["stage", "seconds", "share"], rows), ""]
     if overlay:
         parts += ["## Maps (Fig. 1-2)", "", "Each map in contrast-adjusted jet over the image; red box: the inserted "
                   "signal (half width 2 sigma).", "", f"![overlays]({overlay})", ""]
@@ -309,6 +489,32 @@ def _markdown(study: dict, test_metrics: Mapping[str, float], seed_table: Option
               + (", `localization.csv`" if study.get("localization") else "")
               + (", `table2.csv`" if seed_table else "") + ".", ""]
     return "\n".join(parts)
+
+
+def _paper_section(study: dict, seed_table: Optional[dict], context: Mapping[str, object]) -> List[str]:
+    """This run beside what the paper reports: Table II (where the task has a column) and the claims of Fig. 3-4."""
+    task = str(context.get("task", ""))
+    column = "mri" if task.startswith("sksbks") else task if task in PAPER_TABLE2 else None
+    rows = []
+    if column and seed_table:
+        for i, name in enumerate(("precision", "recall")):
+            paper = "; ".join(f"{net} {v[i][0]:.2f} +- {v[i][1]:.2f}" for net, v in PAPER_TABLE2[column].items())
+            ours = (f"{_fmt(seed_table[name]['mean'])} +- {_fmt(seed_table[name]['std'])} "
+                    f"({seed_table[name]['n']} seed{'s' if seed_table[name]['n'] != 1 else ''})")
+            rows.append([f"Table II, {column.upper()}: {name}", paper, f"{context.get('network', '')}: {ours}"])
+    holds_clear = _perturbation_findings(study)[1]
+    if holds_clear:
+        rows.append(["Fig. 3: iFIM has the highest F1 ratio at 1, 2, 3 %", "holds for every task and classifier",
+                     _claim_summary(holds_clear, len(study["alphas"]))])
+    fgsm_verdict = _fgsm_verdict(study)
+    if fgsm_verdict is not None:
+        rows.append(["Fig. 4: S has the lowest clean / adversarial correlation", "holds for every task and "
+                     "classifier (close to 0 for OCT and X-ray)", fgsm_verdict])
+    if not rows:
+        return []
+    return ["## Beside the paper", "", "The paper's settings differ (full-size images, VGG16 / ResNet18, 10 seeds, "
+            "early stopping); this run's are at the top of the report.", "",
+            _table(["", "paper", "this run"], rows), ""]
 
 
 def write_report(report_dir: os.PathLike, study: dict, examples: Sequence[dict] = (),
@@ -332,8 +538,16 @@ def write_report(report_dir: os.PathLike, study: dict, examples: Sequence[dict] 
         test_metrics = {k: float(v) for k, v in (test_metrics or {}).items() if isinstance(v, (int, float))}
         figures = _figures(study, tmp)
         overlay = _overlay_figure(examples, tmp)
-        write_csv(tmp / "perturbation.csv", ["method", "alpha", "f1_clean", "f1_high", "f1_low", "f1_random", "ratio",
-                                             "drop_high", "drop_low", "drop_random"], _perturbation_rows(study))
+        write_csv(tmp / "perturbation.csv", ["fill", "method", "alpha", "f1_clean", "f1_high", "f1_low", "f1_random",
+                                             "ratio", "drop_high", "drop_low", "drop_random"],
+                  _perturbation_rows(study))
+        if (study.get("curves") or {}).get("methods"):
+            write_csv(tmp / "curves.csv", ["method", "alpha", "morf_f1", "lerf_f1", "morf_prob", "lerf_prob"],
+                      _curve_rows(study))
+        if (study.get("detectability") or {}).get("bins"):
+            write_csv(tmp / "detectability.csv", ["amplitude_low", "amplitude_high", "n", "recall", "low", "high"],
+                      [[b["low"], b["high"], b["n"], b["recall"], *b["interval"]]
+                       for b in study["detectability"]["bins"]])
         write_csv(tmp / "fgsm.csv", ["map", "pearson_mean", "pearson_std", "n", "n_undefined"],
                   [[m, v["mean"], v["std"], v["n"], v["n_undefined"]] for m, v in study["fgsm"]["pearson"].items()])
         write_csv(tmp / "randomization.csv", ["map", "spearman_mean", "spearman_std", "n", "n_undefined"],

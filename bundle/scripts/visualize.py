@@ -21,7 +21,7 @@ from monai.transforms import Transform  # noqa: E402
 from .atomic import atomic_write  # noqa: E402
 
 __all__ = ["contrast_adjust", "jet_overlay", "decomposition_figure", "sample_grid_figure", "maps_grid_figure",
-           "grouped_bar_figure", "save_figure_atomic", "SaveDecompositionFigured"]
+           "grouped_bar_figure", "line_panels_figure", "save_figure_atomic", "SaveDecompositionFigured"]
 
 Box = Tuple[Sequence[float], float]  # (centre (row, col), half width) of a known signal
 
@@ -184,3 +184,31 @@ class SaveDecompositionFigured(Transform):
                  f"k {int(data[self.k_key])}")
         save_figure_atomic(decomposition_figure(*(plane.numpy() for plane in planes), title=title), self.path(name))
         return dict(data)
+
+
+Band = Tuple[Sequence[float], Sequence[float]]  # (low, high) of an interval along a curve
+
+
+def line_panels_figure(x: Sequence[float], panels: Mapping[str, Mapping[str, Sequence[float]]], xlabel: str,
+                       title: str = "", bands: Optional[Mapping[str, Mapping[str, Band]]] = None) -> plt.Figure:
+    """One axes per panel (``panels[panel title][series] = y over x``), series in the same colour across panels
+    (a series name's first word picks the colour: e.g. ``"ifim MoRF"`` and ``"ifim LeRF"``), iFIM drawn thicker;
+    ``bands[panel][series] = (low, high)`` shades an interval."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.6, 3.6), squeeze=False)
+    colors = colormaps["tab10"]
+    names = list(dict.fromkeys(series.split(" ")[0] for lines in panels.values() for series in lines))
+    for ax, (panel, lines) in zip(axes[0], panels.items()):
+        for series, y in lines.items():
+            words = series.split(" ")
+            color = colors(names.index(words[0]) % 10)
+            ax.plot(x, np.asarray(y, dtype=np.float64), color=color, marker=".", label=series,
+                    linewidth=2.2 if words[0].startswith("ifim") else 1.0)
+            band = (bands or {}).get(panel, {}).get(series)
+            if band is not None:
+                ax.fill_between(x, np.asarray(band[0], dtype=np.float64), np.asarray(band[1], dtype=np.float64),
+                                color=color, alpha=0.15, linewidth=0)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel(xlabel)
+    axes[0, -1].legend(fontsize=6, ncol=1, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.suptitle(title, fontsize=10)
+    return fig
