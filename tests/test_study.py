@@ -14,6 +14,7 @@ import torch
 
 import scripts.report as report_module
 from scripts.attribution import attribute
+from scripts.controls import Control, percentile_interval, resampled_means, unit_bootstrap_weights
 from scripts.metrics import (
     GaussianFill,
     NoisyLinearImputation,
@@ -27,7 +28,7 @@ from scripts.metrics import (
 )
 from scripts.networks import ShallowCNN
 from scripts.report import findings, write_report
-from scripts.study import STUDY_MAPS, AttributionStudy, unit_bootstrap_weights
+from scripts.study import STUDY_MAPS, AttributionStudy
 
 ALPHAS = (0.01, 0.05)
 CURVE_ALPHAS = (0.1, 0.3)
@@ -358,3 +359,38 @@ def test_a_report_touches_only_its_own_files(tmp_path):
     assert not (mine / "table2.csv").exists() and (mine / "report.md").is_file()
     assert (mine / "thesis" / "a.tex").read_text() == "work" and (mine / "notes.md").read_text() == "more work"
     assert {p.name for p in mine.iterdir()} - set(report_module.REPORT_FILES) == {"thesis", "notes.md"}
+
+
+class _MeanMapControl(Control):
+    """A new control is one class: the mean of each image's S(x), its results and interval."""
+
+    accumulators = ("means",)
+
+    def reset(self):
+        self.means = []
+
+    def update(self, batch):
+        self.means += batch.maps["ifim_sensitive"].flatten(1).mean(1).tolist()
+
+    def compute(self, totals):
+        return {"mean_sensitive": float(np.mean(self.means))}, {
+            "mean_sensitive": percentile_interval(resampled_means(self.means, totals.weights))}
+
+
+def test_a_new_control_is_one_class(batch):
+    """Added to a study, a control sees every batch, merges over shares in their order and reports with the rest."""
+    model, x, y, centers, sigmas = batch
+    studies = []
+    for rows in ([0, 1, 2], [3, 4, 5]):
+        study = AttributionStudy(("ifim_sensitive",), alphas=(0.05,), curve_alphas=(), n_bootstrap=50)
+        control = _MeanMapControl()
+        control.reset()
+        study.controls.append(control)
+        study.update(model, x[rows], y[rows])
+        studies.append(study)
+    studies[0].merge(studies[1:])
+    results = studies[0].compute()
+    sensitive = attribute("ifim_sensitive", model, x)
+    assert results["mean_sensitive"] == pytest.approx(sensitive.flatten(1).mean(1).mean().item())
+    low, high = results["intervals"]["mean_sensitive"]
+    assert low <= results["mean_sensitive"] <= high

@@ -56,7 +56,7 @@ from torch import nn
 from .ifim import ifim_decompose
 from .metrics import Seeds, per_image_seeds
 
-__all__ = ["METHODS", "attribute", "ifim_maps", "default_cam_layer", "unit_range", "ReLUMaxPool", "relu_max_pools",
+__all__ = ["METHODS", "attribute", "default_cam_layer", "unit_range", "ReLUMaxPool", "relu_max_pools",
            "deeplift_shap"]
 
 METHODS = ("ifim_sensitive", "ifim_complement", "gradcam", "gradcampp", "xgradcam", "eigencam", "scorecam",
@@ -305,13 +305,6 @@ def _vanilla_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -
     return grad.abs().sum(1, keepdim=True)
 
 
-def ifim_maps(model: nn.Module, x: torch.Tensor, rho: float = 0.9, head: str = "softmax"
-              ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """S(x) = |x_sens| and I(x) = |x_comp|, summed over input channels, ``(B, 1, *spatial)`` each, from one
-    decomposition (callers that need both pay for one)."""
-    return ifim_decompose(model, x, rho=rho, head=head).maps()
-
-
 def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor] = None, *,
               layer: Optional[str] = None, rho: float = 0.9, head: str = "softmax", n_samples: int = 16,
               stdevs: float = 0.1, seed: Seeds = 0, baselines: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -335,7 +328,7 @@ def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[t
         return torch.stack([torch.rand((1, *x.shape[2:]), generator=torch.Generator().manual_seed(s))
                             for s in per_image_seeds(x, seed).tolist()]).to(x)
     if method.startswith("ifim"):
-        return ifim_maps(model, x, rho=rho, head=head)[0 if method == "ifim_sensitive" else 1]
+        return ifim_decompose(model, x, rho=rho, head=head).maps()[0 if method == "ifim_sensitive" else 1]
     with _borrowed(model) as clone:
         if target is None:
             with torch.no_grad():

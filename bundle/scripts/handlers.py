@@ -34,8 +34,9 @@ from torch import nn
 
 from . import distributed
 from .atomic import append_csv_rows, atomic_write, write_csv
+from .controls import ContrastivePerturbation, StudyBatch, StudyTotals
 from .ifim import ifim_decompose
-from .metrics import Fill, perturbation_scores, perturbed_predictions
+from .metrics import Fill, GaussianFill, image_seeds
 from .report import write_report
 from .study import STUDY_MAPS, AttributionStudy
 
@@ -232,8 +233,9 @@ class PerturbationMetricsHandler:
 
     Per batch: S(x) = |x_sens| and I(x) = |x_comp| (summed over channels), then the predictions on images whose
     top-k pixels of S, bottom-k of I and k random pixels were replaced by ``fill`` (default N(noise_mean, noise_std^2)
-    noise, ``scripts.metrics.GaussianFill``; or ROAD's ``NoisyLinearImputation``), seeded
-    by ``seed`` and each image (``scripts.metrics.image_seeds``). At the end of the epoch, into
+    noise, ``scripts.metrics.GaussianFill``; or ROAD's ``NoisyLinearImputation``), seeded by ``seed`` and each image
+    (``scripts.metrics.image_seeds``): the study's own accumulator, ``scripts.controls.ContrastivePerturbation``.
+    At the end of the epoch, into
     ``engine.state.metrics``: ``<prefix>_ratio_<a>`` (F1_low / F1_high at alpha = a %), ``<prefix>_drop_high_<a>``,
     ``<prefix>_drop_low_<a>``, ``<prefix>_drop_random_<a>`` and ``<prefix>_f1_clean``. F1 is of class 1 for a
     binary task, macro-averaged otherwise.
@@ -241,6 +243,7 @@ class PerturbationMetricsHandler:
     Args:
         alphas: fractions of pixels (paper: 1, 2 and 3 %).
         rho, head: as in :func:`scripts.ifim.ifim_decompose`.
+        noise_mean, noise_std, fill: what replaces the pixels (``fill``, when given, instead of the Gaussian).
         model: the classifier; default ``engine.network``.
         image_key, label_key: batch keys.
         prefix: metric-name prefix.
@@ -250,12 +253,12 @@ class PerturbationMetricsHandler:
                  noise_mean: float = 0.0, noise_std: float = 1.0, seed: int = 0, model: Optional[nn.Module] = None,
                  image_key: str = "image", label_key: str = "label", prefix: str = "ifim_perturbation",
                  fill: Optional[Fill] = None):
-        self.alphas, self.rho, self.head = tuple(alphas), rho, head
-        self.noise_mean, self.noise_std, self.seed, self.fill = noise_mean, noise_std, seed, fill
+        self.rho, self.head, self.seed = rho, head, seed
+        self.fill = GaussianFill(noise_mean, noise_std) if fill is None else fill
+        self.control = ContrastivePerturbation(["ifim"], alphas, [self.fill])  # the study's own accumulator
         self.model, self.image_key, self.label_key, self.prefix = model, image_key, label_key, prefix
-        self.predictions: Dict = {}
         self.labels: List[torch.Tensor] = []
-        self.num_classes = 0
+        self.probabilities: List[torch.Tensor] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -263,7 +266,8 @@ class PerturbationMetricsHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._compute)
 
     def _reset(self, engine: Engine) -> None:
-        self.predictions, self.labels = {}, []
+        self.control.reset()
+        self.labels, self.probabilities = [], []
 
     def __call__(self, engine: Engine) -> None:
         images = batch_images(engine, self.image_key)
@@ -271,22 +275,23 @@ class PerturbationMetricsHandler:
         model = _model_of(engine, self.model)
         images = images.to(_device_of(model))
         result = ifim_decompose(model, images, rho=self.rho, head=self.head)
-        self.num_classes = result.probs.shape[1]
-        high, low = result.maps()
-        predictions = perturbed_predictions(model, images, high, low, self.alphas, self.noise_mean, self.noise_std,
-                                            seed=self.seed, fill=self.fill)
-        for key, value in predictions.items():
-            self.predictions.setdefault(key, []).append(value.cpu())
+        sensitive, complement = result.maps()
+        self.control.update(StudyBatch(model, images, labels.to(images.device), result.probs.argmax(1),
+                                       image_seeds(images, self.seed), [], {"ifim_sensitive": sensitive,
+                                                                            "ifim_complement": complement},
+                                       int(result.probs.shape[1])))
         self.labels.append(labels)
+        self.probabilities.append(result.probs.detach().double().cpu())
 
     def _compute(self, engine: Engine) -> None:
         if not self.labels:
             return
-        merged = {key: torch.cat(values) for key, values in self.predictions.items()}
-        scores = perturbation_scores(torch.cat(self.labels), merged, self.num_classes)
+        probabilities = torch.cat(self.probabilities)
+        totals = StudyTotals(torch.cat(self.labels), probabilities, [], int(probabilities.shape[1]))
+        scores = self.control.compute(totals)[0]["perturbation"][self.fill.tag]["ifim"]
         metrics = engine.state.metrics
         for alpha, values in scores.items():
-            tag = f"{100 * alpha:g}"
+            tag = f"{100 * float(alpha):g}"
             metrics[f"{self.prefix}_ratio_{tag}"] = values["ratio"]
             for name in ("high", "low", "random"):
                 metrics[f"{self.prefix}_drop_{name}_{tag}"] = values[f"drop_{name}"]

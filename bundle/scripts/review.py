@@ -27,9 +27,10 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 from .atomic import atomic_write, write_csv
+from .controls import percentile_interval, resampled_means, unit_bootstrap_weights
 from .metrics import annotation_agreement, image_seeds, perturbation_masks
 from .sources import InvertToSourced, SaveOnSourceGridd, find_image_files
-from .study import STUDY_MAPS, percentile_interval, resampled_means, study_maps, unit_bootstrap_weights
+from .study import STUDY_MAPS, study_maps
 
 __all__ = ["ReviewModel", "score_annotations", "datastore_id", "bootstrap_interval", "LABEL_NAME"]
 
