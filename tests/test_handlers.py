@@ -45,13 +45,15 @@ def test_ifim_handler_3d():
                                torch.stack([d["image"] for d in data]))
 
 
-def test_perturbation_metrics_match_the_plain_function():
-    """One batch holding the whole set: the handler's numbers are contrastive_perturbation's on that set."""
+@pytest.mark.parametrize("batch_size", [8, 3])
+def test_perturbation_metrics_match_the_plain_function(batch_size):
+    """The handler's numbers over an epoch, in one batch or in batches of 3, are contrastive_perturbation's on the
+    whole set held in memory."""
     torch.manual_seed(2)
     # narrow width and this seed give an untrained net whose F1 ratios are defined (not 0/0) on these 8 images
     model, data = ShallowCNN(2, 1, 2, channels=(16, 32, 64)), _data(n=8)
     handler = PerturbationMetricsHandler(alphas=(0.01, 0.03), seed=5)
-    evaluator = _run(model, data, [handler], batch_size=8)
+    evaluator = _run(model, data, [handler], batch_size=batch_size)
     x = torch.stack([d["image"] for d in data])
     y = torch.tensor([d["label"] for d in data])
     result = ifim_decompose(model, x)

@@ -319,8 +319,7 @@ def _figures(study: dict, out: Path) -> Dict[str, str]:
     curves = study.get("curves") or {}
     if curves.get("methods"):
         x = [100 * a for a in curves["alphas"]]
-        panels = {f"{label}, {order}": {f"{m} {order}": v[f"{order.lower()}_{key}"]
-                                        for m, v in curves["methods"].items()}
+        panels = {f"{label}, {order}": {m: v[f"{order.lower()}_{key}"] for m, v in curves["methods"].items()}
                   for key, label in (("f1", "F1"), ("prob", "true-class probability")) for order in ("MoRF", "LeRF")}
         save_figure_atomic(line_panels_figure(x, panels, "pixels removed (%)", f"Deletion curves, pixels replaced by "
                                               f"{curves['fill']}: MoRF low and LeRF high = a map that orders pixels "

@@ -191,8 +191,8 @@ Band = Tuple[Sequence[float], Sequence[float]]  # (low, high) of an interval alo
 
 def line_panels_figure(x: Sequence[float], panels: Mapping[str, Mapping[str, Sequence[float]]], xlabel: str,
                        title: str = "", bands: Optional[Mapping[str, Mapping[str, Band]]] = None) -> plt.Figure:
-    """One axes per panel (``panels[panel title][series] = y over x``), series in the same colour across panels
-    (a series name's first word picks the colour: e.g. ``"ifim MoRF"`` and ``"ifim LeRF"``), iFIM drawn thicker;
+    """One axes per panel (``panels[panel title][series] = y over x``), a series in the same colour in every panel
+    (its name's first word picks the colour), iFIM drawn thicker;
     ``bands[panel][series] = (low, high)`` shades an interval."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.6, 3.6), squeeze=False)
     colors = colormaps["tab10"]
