@@ -85,23 +85,39 @@ def _verdict(scores: Mapping[str, float], ours: str, best: Optional[str], direct
     return f"does not hold: {best} is {direction} ({_fmt(scores[best]) if best else 'n/a'})"
 
 
-def _paired(verdict: str, differences: Mapping[str, Sequence[float]], ours: str, other: Optional[str],
-            sign: float) -> str:
-    """Add to a verdict what the paired bootstrap interval of ``ours`` minus ``other`` says: whether the difference
-    in the claimed direction (``sign`` +1: ours higher) stays clear of 0 over the interval."""
+def _interval_status(differences: Mapping[str, Sequence[float]], other: Optional[str], sign: float
+                     ) -> Optional[str]:
+    """What the paired bootstrap interval of ours minus ``other`` says in the claimed direction (``sign`` +1: ours
+    higher): ``"tie"`` (within +-TIE), ``"clear"`` (clear of 0 that way), ``"other way"`` or ``"includes 0"``;
+    None without an interval."""
     if other is None or other not in differences:
-        return verdict
+        return None
     low, high = differences[other]
     if low is None or high is None or (isinstance(low, float) and math.isnan(low)):
-        return verdict
-    text = f"{ours} minus {other}: [{_fmt(low)}, {_fmt(high)}]"
+        return None
     if max(abs(low), abs(high)) <= TIE:  # the same ranking (e.g. S and the gradient for C = 2): round-off only
-        return f"{verdict}; the 95 % interval of the difference stays within +-{TIE:g} ({text})"
+        return "tie"
     if (sign > 0 and low > TIE) or (sign < 0 and high < -TIE):
-        return f"{verdict}, and the 95 % interval of the difference stays clear of 0 ({text})"
+        return "clear"
     if (sign > 0 and high < -TIE) or (sign < 0 and low > TIE):
-        return f"{verdict}; the 95 % interval of the difference is clear of 0 the other way ({text})"
-    return f"{verdict}, but the 95 % interval of the difference includes 0 ({text}): not resolved by this test set"
+        return "other way"
+    return "includes 0"
+
+
+def _paired(verdict: str, differences: Mapping[str, Sequence[float]], ours: str, other: Optional[str],
+            sign: float) -> str:
+    """Add to a verdict what the paired bootstrap interval of ``ours`` minus ``other`` says
+    (:func:`_interval_status`)."""
+    status = _interval_status(differences, other, sign)
+    if status is None:
+        return verdict
+    low, high = differences[other]
+    text = f"{ours} minus {other}: [{_fmt(low)}, {_fmt(high)}]"
+    return {"tie": f"{verdict}; the 95 % interval of the difference stays within +-{TIE:g} ({text})",
+            "clear": f"{verdict}, and the 95 % interval of the difference stays clear of 0 ({text})",
+            "other way": f"{verdict}; the 95 % interval of the difference is clear of 0 the other way ({text})",
+            "includes 0": f"{verdict}, but the 95 % interval of the difference includes 0 ({text}): not resolved by "
+                          "this test set"}[status]
 
 
 def _runner_up(scores: Mapping[str, float], ours: str, highest: bool) -> Optional[str]:
@@ -124,7 +140,7 @@ def _perturbation_findings(study: dict) -> Tuple[List[str], Dict[str, int]]:
             best = _best(ratios, highest=True)
             other = _runner_up(ratios, "ifim", highest=True) if best == "ifim" else best
             verdict = _paired(_verdict(ratios, "ifim", best, "higher"), differences.get(alpha, {}), "ifim", other, +1)
-            clear += "stays clear of 0" in verdict and verdict.startswith("holds")
+            clear += best == "ifim" and _interval_status(differences.get(alpha, {}), other, +1) == "clear"
             parts.append(f"at {100 * float(alpha):g} % it {verdict} (iFIM's ratio {_fmt(ratios['ifim'])})")
             ifim = perturbation["ifim"][alpha]
             if ifim["drop_high"] <= ifim["drop_random"]:
