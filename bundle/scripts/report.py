@@ -320,7 +320,7 @@ def _figures(study: dict, out: Path) -> Dict[str, str]:
     alphas = [f"{a:g}" for a in study["alphas"]]
     noise = _noise_names(study)
     tags = list(study["perturbation"])
-    groups = [f"{noise.get(t, t)}\n{100 * float(a):g} %" for t in tags for a in alphas]
+    groups = [f"{noise.get(t, t).split(' (')[0]}\n{100 * float(a):g} %" for t in tags for a in alphas]
     methods = list(study["perturbation"][tags[0]])
     ratios = {m: [study["perturbation"][t][m][a]["ratio"] for t in tags for a in alphas] for m in methods}
     save_figure_atomic(grouped_bar_figure(ratios, groups, "F1 low / F1 high", "Contrastive pixel perturbation "

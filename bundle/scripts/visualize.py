@@ -128,7 +128,8 @@ def grouped_bar_figure(values: Mapping[str, Sequence[float]], groups: Sequence[s
     Non-finite values are drawn as missing and marked ``n/a``."""
     methods = list(values)
     width = 0.8 / max(1, len(methods))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(methods) * len(groups) + 2), 3.6))
+    # wide enough for the bars, but capped: nine fills x fractions of ten methods stay readable at 16 inches
+    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.5 * len(methods) * len(groups) + 2)), 3.6))
     colors = colormaps["tab10"]
     for j, method in enumerate(methods):
         heights = np.asarray(values[method], dtype=np.float64)
