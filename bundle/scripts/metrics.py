@@ -145,6 +145,11 @@ def replace_pixels(x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor) -> 
     return torch.where(mask.expand_as(x), noise, x)
 
 
+def _standard_noise(x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) noise shaped like ``x`` (float64, CPU), each image's drawn from its own seed."""
+    return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float64) for g in _generators(seeds)])
+
+
 class GaussianFill:
     """Replace the masked pixels by N(mean, std^2) noise (eq. 25-26), drawn per image from its seed: the same value at
     a given pixel whichever set of pixels is perturbed, so the sets compared differ only in where they are.
@@ -166,8 +171,7 @@ class GaussianFill:
         return f"gauss_{self.mean:g}_{self.std:g}"
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-        noise = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float64) for g in _generators(seeds)])
-        return replace_pixels(x, mask, (self.mean + self.std * noise).to(x))
+        return replace_pixels(x, mask, (self.mean + self.std * _standard_noise(x, seeds)).to(x))
 
 
 class NoisyLinearImputation:
@@ -242,8 +246,7 @@ class NoisyLinearImputation:
         images = x.detach().cpu().double().numpy()
         removed = mask[:, 0].cpu().numpy().astype(bool)
         filled = np.stack([self.impute(image, region) for image, region in zip(images, removed)])
-        noise = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float64) for g in _generators(seeds)])
-        imputed = torch.from_numpy(filled) + self.noise_std * noise
+        imputed = torch.from_numpy(filled) + self.noise_std * _standard_noise(x, seeds)
         return replace_pixels(x, mask, imputed.to(x))
 
 
@@ -348,9 +351,9 @@ def perturbed_predictions(model: Callable[[torch.Tensor], torch.Tensor], x: torc
 def f1_scores(y: Sequence[int], predicted: Sequence[int], num_classes: int, weights: Optional[np.ndarray] = None):
     """F1 (:func:`scores_from_confusion`) of ``predicted`` against ``y``; with ``weights`` ``(R, N)`` (each image's
     count in R bootstrap resamples) an array ``(R,)``, one F1 per resample."""
-    y, predicted = np.asarray(y, dtype=np.int64).ravel(), np.asarray(predicted, dtype=np.int64).ravel()
     if weights is None:
-        return scores_from_confusion(confusion_matrix(y, predicted, num_classes))["f1"]
+        return f1(y, predicted, num_classes)
+    y, predicted = np.asarray(y, dtype=np.int64).ravel(), np.asarray(predicted, dtype=np.int64).ravel()
     confusion_matrix(y, predicted, num_classes)  # checks the classes
     # (R, N) @ (N, C^2): the weighted confusion matrix of every resample at once
     counts = weights @ np.eye(num_classes**2)[y * num_classes + predicted]

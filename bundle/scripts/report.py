@@ -128,7 +128,7 @@ def _perturbation_findings(study: dict) -> Tuple[List[str], Dict[str, int]]:
     """The paper's Fig. 3 claim (iFIM has the highest F1 ratio) under every fill, and a summary of where it holds;
     and per fill name, at how many fractions it holds with an interval clear of 0."""
     lines, alphas = [], [f"{a:g}" for a in study["alphas"]]
-    names = {m["tag"]: m["name"] for m in study.get("noise_models", [])}
+    names = _noise_names(study)
     holds_clear: Dict[str, int] = {}
     for tag, perturbation in study["perturbation"].items():
         if "ifim" not in perturbation:

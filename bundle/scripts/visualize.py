@@ -192,18 +192,16 @@ Band = Tuple[Sequence[float], Sequence[float]]  # (low, high) of an interval alo
 
 def line_panels_figure(x: Sequence[float], panels: Mapping[str, Mapping[str, Sequence[float]]], xlabel: str,
                        title: str = "", bands: Optional[Mapping[str, Mapping[str, Band]]] = None) -> plt.Figure:
-    """One axes per panel (``panels[panel title][series] = y over x``), a series in the same colour in every panel
-    (its name's first word picks the colour), iFIM drawn thicker;
-    ``bands[panel][series] = (low, high)`` shades an interval."""
+    """One axes per panel (``panels[panel title][series] = y over x``), a series in the same colour in every panel,
+    iFIM drawn thicker; ``bands[panel][series] = (low, high)`` shades an interval."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.6, 3.6), squeeze=False)
     colors = colormaps["tab10"]
-    names = list(dict.fromkeys(series.split(" ")[0] for lines in panels.values() for series in lines))
+    names = list(dict.fromkeys(series for lines in panels.values() for series in lines))
     for ax, (panel, lines) in zip(axes[0], panels.items()):
         for series, y in lines.items():
-            words = series.split(" ")
-            color = colors(names.index(words[0]) % 10)
+            color = colors(names.index(series) % 10)
             ax.plot(x, np.asarray(y, dtype=np.float64), color=color, marker=".", label=series,
-                    linewidth=2.2 if words[0].startswith("ifim") else 1.0)
+                    linewidth=2.2 if series.startswith("ifim") else 1.0)
             band = (bands or {}).get(panel, {}).get(series)
             if band is not None:
                 ax.fill_between(x, np.asarray(band[0], dtype=np.float64), np.asarray(band[1], dtype=np.float64),
