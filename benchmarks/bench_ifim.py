@@ -22,7 +22,7 @@ Why chunks: on CPU a batched pass is bound by memory traffic once the batch's ac
 32 images of 256^2 at once are slower than one by one (the engine's comment at ``CPU_CHUNK_CACHE_FACTOR``); on a
 GPU the whole batch is one pass.
 
-Peak memory (``scripts.profiling.PeakMemory``): each (case, method) runs once more in a fresh child process, after a
+Peak memory (``benchmarks/profiling.py``): each (case, method) runs once more in a fresh child process, after a
 warm-up on a tiny input, and the rise of the peak above the level before the call is reported: allocator
 statistics on CUDA, the resident-set high-water mark on CPU.
 """
@@ -43,9 +43,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
+from profiling import PeakMemory  # noqa: E402  (beside this script)
+
 from scripts.ifim import auto_chunk_size, ifim_decompose  # noqa: E402
 from scripts.networks import ShallowCNN  # noqa: E402
-from scripts.profiling import PeakMemory  # noqa: E402
 
 METHODS = ("ifim", "vanilla", "vanilla_1", "vanilla_auto", "naive")
 VANILLA = ("vanilla", "vanilla_1", "vanilla_auto")

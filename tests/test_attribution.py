@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from scripts.attribution import METHODS, ReLUMaxPool, attribute, deeplift_shap, default_cam_layer, relu_max_pools
+from scripts.attribution import MAPS, ReLUMaxPool, attribute, deeplift_shap, default_cam_layer, relu_max_pools
 from scripts.networks import VGG16, ShallowCNN, get_network
 
 TARGETS = torch.tensor([0, 2, 1, 2])
@@ -22,7 +22,7 @@ def _no_hooks(model):
     return all(not (m._forward_hooks or m._backward_hooks) for m in model.modules())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", MAPS)
 def test_one_call_shape_and_model_left_as_it_was(shallow, method):
     model, x = shallow
     model.train()

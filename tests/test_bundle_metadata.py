@@ -50,3 +50,16 @@ def test_metadata_versions_are_the_pinned_ones():
     assert metadata["numpy_version"] == pins["numpy"]
     for package, version in metadata["required_packages_version"].items():
         assert pins.get(package) == version, package
+
+
+def test_metadata_describes_the_model_its_task_record_defines():
+    """The model's classes live in one place, its task's record (scripts.tasks.TASKS); metadata.json's description
+    of the output must say the same, class by class and in label order."""
+    from scripts.tasks import TASKS
+
+    metadata = json.loads(META.read_text())
+    task = TASKS[metadata["ifim_model"]["task"]]
+    pred = metadata["network_data_format"]["outputs"]["pred"]
+    assert pred["num_channels"] == len(task.class_names)
+    assert pred["channel_def"] == {str(i): name for i, name in enumerate(task.class_names)}
+    assert metadata["label_classes"].startswith(", ".join(f"{i}: {n}" for i, n in enumerate(task.class_names)))

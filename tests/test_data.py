@@ -19,7 +19,7 @@ from scripts.data import (
     build_sksbks_datalist,
     split_by_group,
 )
-from scripts.transforms import PerSampleSeedd, cxr_transforms, mri_transforms, oct_transforms
+from scripts.transforms import PerSampleSeedd, image_transforms, mri_transforms
 
 
 def _chain_text(err: BaseException) -> str:
@@ -73,7 +73,7 @@ def test_oct_errors_name_what_is_missing(kermany, tmp_path):
 
 def test_oct_chain(kermany):
     path = sorted((kermany / "train" / "CNV").iterdir())[0]  # written as RGB (i % 3 == 0)
-    out = oct_transforms(size=32)({"image": str(path)})["image"]
+    out = image_transforms(size=32)({"image": str(path)})["image"]
     assert out.shape == (1, 32, 32) and out.dtype == torch.float32
     assert float(out.min()) == 0.0 and float(out.max()) == 1.0
 
@@ -130,7 +130,7 @@ def test_cxr_errors(tmp_path):
 
 def test_cxr_chain_png_and_dicom(tmp_path):
     ramp = np.tile(np.arange(40), (30, 1)) * 6  # brighter to the right
-    chain = cxr_transforms(size=16)
+    chain = image_transforms(size=16)
     cases = {
         "png": (write_gray(tmp_path / "a.png", ramp), "right"),
         "monochrome2": (write_dicom(tmp_path / "m2.dcm", ramp * 10), "right"),
@@ -156,7 +156,7 @@ def test_missing_or_corrupt_file_names_the_file(tmp_path, name, content, error):
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(RuntimeError) as info:
-        cxr_transforms(size=8)({"image": str(path)})
+        image_transforms(size=8)({"image": str(path)})
     text = _chain_text(info.value)
     assert str(path) in text and any(isinstance(e, error) for e in _causes(info.value))
 
@@ -316,7 +316,7 @@ def test_config_snippets_instantiate(tmp_path):
         "datalist": {"_target_": "scripts.data.build_sksbks_datalist",
                      "cache_dir": "$@bundle_root + '/cache/sksbks'", "counts": [2, 1, 1]},
         "train_transforms": {"_target_": "scripts.transforms.mri_transforms", "size": 32},
-        "oct_transforms": {"_target_": "scripts.transforms.oct_transforms", "size": 32},
+        "oct_transforms": {"_target_": "scripts.transforms.image_transforms", "size": 32},
     })
     datalist = parser.get_parsed_content("datalist")
     chain = parser.get_parsed_content("train_transforms")

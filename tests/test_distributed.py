@@ -124,3 +124,26 @@ def test_evaluation_with_two_processes_reports_what_one_process_reports(tmp_path
     assert one["study"]["n_images"] == 13 and [r["seed"] for r in one["table2"]["seeds"]] == [0, 1]
     _assert_close(one, two)
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_ranks_keep_every_rank_handlers_and_a_renamed_one_fails_loudly():
+    """Off rank 0 only the handlers named by class survive; a name that matches no class (a renamed handler) or no
+    handler in the list (a removed one) is an error, not a rank that silently skips its part."""
+    from unittest import mock
+
+    from monai.handlers import MetricsSaver, StatsHandler
+
+    from scripts import distributed
+    from scripts.handlers import CheckedCheckpointLoader
+
+    loader = object.__new__(CheckedCheckpointLoader)
+    saver, stats = object.__new__(MetricsSaver), object.__new__(StatsHandler)
+    handlers = [loader, stats, saver]
+    every = ["scripts.handlers.CheckedCheckpointLoader", "monai.handlers.MetricsSaver"]
+    assert distributed.handlers_for_rank(handlers, every) == handlers  # rank 0 of a world of one
+    with mock.patch.object(distributed, "rank", return_value=1):
+        assert distributed.handlers_for_rank(handlers, every) == [loader, saver]
+    with pytest.raises(ValueError, match="names no class"):
+        distributed.handlers_for_rank(handlers, ["scripts.handlers.CheckpointLoaderRenamed"])
+    with pytest.raises(ValueError, match="none of the handlers is a monai.handlers.MetricsSaver"):
+        distributed.handlers_for_rank([loader, stats], every)

@@ -7,15 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+ROOT = Path(__file__).resolve().parents[1]
 
 # A fresh process per measurement, so memory freed by earlier work cannot be silently reused.
 CHILD = r"""
 import json, sys, torch
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1] + "/bundle", sys.argv[1] + "/benchmarks"]
 from scripts.ifim import ifim_decompose
 from scripts.networks import ShallowCNN
-from scripts.profiling import PeakMemory
+from profiling import PeakMemory
 torch.manual_seed(0)
 model = ShallowCNN(2, 1, 2, channels=(16, 32, 64))  # the width the bound below counts
 size = int(sys.argv[2])
@@ -28,7 +28,7 @@ print(json.dumps({"rise_bytes": peak.rise_bytes, "rank": int(result.rank[0])}))
 
 
 def _peak_rise(size: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(BUNDLE), str(size)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(size)], capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -22,13 +22,11 @@ from scripts.metrics import (
     curve_auc,
     f1,
     fgsm,
-    image_seeds,
     mean_std,
     num_perturbed,
     pearson_per_image,
     perturbation_masks,
     perturbed_predictions,
-    precision_recall,
     random_pixel_mask,
     randomized_copy,
     replace_pixels,
@@ -36,6 +34,7 @@ from scripts.metrics import (
     signal_localization,
     spearman_per_image,
 )
+from scripts.seeding import image_seeds
 
 
 class PixelModel(nn.Module):
@@ -217,8 +216,9 @@ def test_randomized_copy_changes_every_parameter_and_leaves_the_original():
 
 
 def test_precision_recall_and_mean_std():
-    assert precision_recall([1, 1, 0, 0], [1, 0, 1, 0], 2) == {"precision": 0.5, "recall": 0.5}
-    macro = precision_recall([0, 1, 2, 2], [0, 1, 2, 1], 3)
+    assert {k: v for k, v in scores_from_confusion(confusion_matrix([1, 1, 0, 0], [1, 0, 1, 0], 2)).items()
+            if k != "f1"} == {"precision": 0.5, "recall": 0.5}
+    macro = scores_from_confusion(confusion_matrix([0, 1, 2, 2], [0, 1, 2, 1], 3))
     assert macro["recall"] == pytest.approx((1 + 1 + 0.5) / 3) and macro["precision"] == pytest.approx(
         (1 + 0.5 + 1) / 3)
     assert mean_std([0.9, 1.0]) == {"mean": pytest.approx(0.95), "std": pytest.approx(0.0707107, rel=1e-5), "n": 2,

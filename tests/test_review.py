@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from fake_datasets import make_review_studies, source_grid, write_gray, write_nifti
+from scripts.bootstrap import bootstrap_interval
 from scripts.metrics import annotation_agreement
-from scripts.review import ReviewModel, bootstrap_interval, datastore_id, score_annotations
+from scripts.review import ReviewModel, datastore_id, score_annotations
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1] / "bundle"
 

@@ -4,31 +4,54 @@ methods is never asserted."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 import scripts.report as report_module
-from scripts.attribution import attribute
-from scripts.controls import Control, percentile_interval, resampled_means, unit_bootstrap_weights
+from scripts.attribution import MAPS, attribute
+from scripts.bootstrap import percentile_interval, resampled_means, unit_bootstrap_weights
+from scripts.controls import (
+    ComplementVsImage,
+    ContrastivePerturbation,
+    Control,
+    DeletionCurves,
+    Detectability,
+    FGSMResult,
+    FGSMStability,
+    LocalizationResult,
+    ModelRandomization,
+    PerturbationResult,
+    RandomizationResult,
+    Section,
+    Sections,
+    SignalLocalization,
+    TopKOverlap,
+    TopKOverlapResult,
+)
 from scripts.metrics import (
     GaussianFill,
     NoisyLinearImputation,
     contrastive_perturbation,
     f1,
     fgsm,
-    image_seeds,
     pearson_per_image,
     perturbation_masks,
     signal_localization,
 )
 from scripts.networks import ShallowCNN
 from scripts.report import findings, write_report
-from scripts.study import STUDY_MAPS, AttributionStudy
+from scripts.seeding import image_seeds
+from scripts.study import AttributionStudy, StudyResults
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
 
 ALPHAS = (0.01, 0.05)
 CURVE_ALPHAS = (0.1, 0.3)
@@ -36,10 +59,15 @@ FILLS = (GaussianFill(0.5, 0.25), NoisyLinearImputation(0.01))
 AMPLITUDES = torch.tensor([0.12, 0.0, 0.31, 0.33, 0.0, 0.0])
 
 
-def _study(methods=STUDY_MAPS, **kwargs):
-    options = dict(alphas=ALPHAS, noise_models=FILLS, epsilon=0.05, seed=3, n_examples=2, curve_alphas=CURVE_ALPHAS,
-                   curve_fill=GaussianFill(0.0, 1.0), amplitude_bins=(0.1, 0.2, 0.3, 0.35))
-    return AttributionStudy(methods, **{**options, **kwargs})
+def _controls():
+    return [ContrastivePerturbation(FILLS), DeletionCurves(CURVE_ALPHAS, GaussianFill(0.0, 1.0)), FGSMStability(0.05),
+            TopKOverlap(), ComplementVsImage(), Detectability((0.1, 0.2, 0.3, 0.35)), SignalLocalization(),
+            ModelRandomization()]
+
+
+def _study(methods=MAPS, **kwargs):
+    options = dict(alphas=ALPHAS, seed=3, n_examples=2)
+    return AttributionStudy(_controls(), methods, **{**options, **kwargs})
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +86,7 @@ def studied(batch):
     model, x, y, centers, sigmas = batch
     study = _study()
     study.update(model, x, y, centers, sigmas, signal_amplitude=AMPLITUDES)
-    return study, study.compute()
+    return study, study.compute().to_dict()
 
 
 def test_study_numbers_equal_the_plain_metric_functions(batch, studied):
@@ -138,26 +166,26 @@ def test_known_answers_random_map_and_binary_topk(studied):
     # C = 2 in float64: S(x) and the vanilla gradient are multiples of |grad(z_1 - z_0)|, so their top-k agree
     assert results["topk_overlap_ifim_sensitive_vs_gradient"] == {f"{a:g}": 1.0 for a in ALPHAS}
     # a map's ranking against itself in a batch where top and bottom sets are the same pixels moves F1 alike
-    assert set(results["perturbation"]["road"]) == {"ifim"} | set(STUDY_MAPS[2:])
+    assert set(results["perturbation"]["road"]) == {"ifim"} | set(MAPS[2:])
 
 
 def test_examples_prefer_known_signals_and_max_images_truncates(batch, studied):
     study, _ = studied
     assert [e["signal"] is not None for e in study.examples] == [True, True]
-    assert set(study.examples[0]["maps"]) == set(STUDY_MAPS)
+    assert set(study.examples[0]["maps"]) == set(MAPS)
     model, x, y, centers, sigmas = batch
-    small = AttributionStudy(("gradcam", "ifim_sensitive"), alphas=(0.05,), max_images=4)
+    small = _study(("gradcam", "ifim_sensitive"), alphas=(0.05,), max_images=4)
     small.update(model, x[:3], y[:3], centers[:3], sigmas[:3])
     small.update(model, x[3:], y[3:], centers[3:], sigmas[3:])
     small.update(model, x, y, centers, sigmas)  # full: ignored
     assert small.n_images == 4 and small.full
     assert small.maps == ["ifim_sensitive", "ifim_complement", "gradcam"]  # both iFIM parts come together
-    gradcam = small.compute()["fgsm"]["pearson"]["gradcam"]
+    gradcam = small.compute().to_dict()["fgsm"]["pearson"]["gradcam"]
     assert gradcam["n"] + gradcam["n_undefined"] == 4
     with pytest.raises(ValueError, match="unknown"):
-        AttributionStudy(("gradcam", "lime"))
+        AttributionStudy(_controls(), ("gradcam", "lime"))
     with pytest.raises(RuntimeError, match="no images"):
-        AttributionStudy(("gradcam",)).compute()
+        AttributionStudy(_controls(), ("gradcam",)).compute()
 
 
 def _assert_close(a, b, path=""):
@@ -189,7 +217,7 @@ def test_shares_merged_equal_the_whole_whatever_the_batches(batch, studied):
                          signal_amplitude=AMPLITUDES[i:i + 1])
         shares.append(pickle.loads(pickle.dumps(share)))
     shares[0].merge(shares[1:])
-    merged = shares[0].compute()
+    merged = shares[0].compute().to_dict()
     assert set(merged.pop("seconds")) == set(whole["seconds"])  # wall-clock times differ run to run
     _assert_close(merged, {k: v for k, v in whole.items() if k != "seconds"})
     assert [e["order"] for e in shares[0].examples] == [e["order"] for e in whole_study.examples]
@@ -204,7 +232,7 @@ def test_intervals_resample_units_not_images(batch):
     methods = ("ifim_sensitive", "gradcam")
     one = _study(methods, n_bootstrap=200)
     one.update(model, x, y, centers, sigmas, units=["slice 40"] * 6)
-    results = one.compute()
+    results = one.compute().to_dict()
     assert results["units"] == {"n": 1, "images_per_unit": [6, 6]}
     intervals = results["intervals"]
     for tag, per_method in results["perturbation"].items():
@@ -220,7 +248,7 @@ def test_intervals_resample_units_not_images(batch):
     assert intervals["localization"]["gradcam"]["energy_fraction"] == pytest.approx([energy, energy])
     separate = _study(methods, n_bootstrap=200)
     separate.update(model, x, y, centers, sigmas)
-    results = separate.compute()
+    results = separate.compute().to_dict()
     assert results["units"] == {"n": 6, "images_per_unit": [1, 1]}
     low, high = results["intervals"]["fgsm_pearson"]["gradcam"]
     assert low < results["fgsm"]["pearson"]["gradcam"]["mean"] < high
@@ -245,17 +273,17 @@ def _hand_study(ifim_ratio, gradcam_ratio, ifim_pearson=0.1, gradcam_pearson=0.5
         return {"0.01": {"f1_clean": 0.9, "f1_high": 0.5, "f1_low": 0.5 * ratio, "f1_random": 0.9 - drop_random,
                          "ratio": ratio, "drop_high": drop_high, "drop_low": 0.0, "drop_random": drop_random}}
     stat = {"std": 0.0, "n": 4, "n_undefined": 0}
-    return {"n_images": 4, "num_classes": 2, "alphas": [0.01], "noise_seed": 0, "rho": 0.9,
-            "noise_models": [{"tag": "g", "name": "N(0.5, 0.25^2)"}],
-            "perturbation": {"g": {"ifim": scores(ifim_ratio, 0.4, 0.1), "gradcam": scores(gradcam_ratio, 0.05, 0.1)}},
-            "fgsm": {"epsilon": 0.01, "flip_rate": 0.25,
-                     "pearson": {"ifim_sensitive": {"mean": ifim_pearson, **stat},
-                                 "gradcam": {"mean": gradcam_pearson, **stat}}},
-            "localization": {"ifim_sensitive": {"energy_fraction": 0.3, "area_fraction": 0.1, "pointing_hit": 1.0,
-                                                "n": 2},
-                             "gradcam": {"energy_fraction": 0.2, "area_fraction": 0.1, "pointing_hit": 0.5, "n": 2}},
-            "randomization": {"ifim_sensitive": {"mean": 0.2, **stat}, "gradcam": {"mean": 0.9, **stat}},
-            "topk_overlap_ifim_sensitive_vs_gradient": {"0.01": 1.0}}
+    sections = Sections([
+        PerturbationResult([0.01], [{"tag": "g", "name": "N(0.5, 0.25^2)"}], 0,
+                           {"g": {"ifim": scores(ifim_ratio, 0.4, 0.1), "gradcam": scores(gradcam_ratio, 0.05, 0.1)}}),
+        FGSMResult({"epsilon": 0.01, "flip_rate": 0.25, "pearson": {"ifim_sensitive": {"mean": ifim_pearson, **stat},
+                                                                    "gradcam": {"mean": gradcam_pearson, **stat}}}),
+        TopKOverlapResult({"0.01": 1.0}),
+        LocalizationResult({"ifim_sensitive": {"energy_fraction": 0.3, "area_fraction": 0.1, "pointing_hit": 1.0,
+                                               "n": 2},
+                            "gradcam": {"energy_fraction": 0.2, "area_fraction": 0.1, "pointing_hit": 0.5, "n": 2}}),
+        RandomizationResult({"ifim_sensitive": {"mean": 0.2, **stat}, "gradcam": {"mean": 0.9, **stat}})])
+    return StudyResults(4, 2, [0.01], 4, [1, 1], 0.95, 1000, 0.9, sections)
 
 
 def test_findings_follow_the_numbers():
@@ -273,7 +301,7 @@ def test_findings_follow_the_numbers():
     assert "at 1 % it holds only as a tie with gradcam (1.200)" in text
     assert "correlation holds only as a tie with gradcam" in text
     study = _hand_study(1.8, 1.2)
-    study["perturbation"]["g"]["ifim"]["0.01"]["drop_high"] = 0.05  # below the random control's 0.1
+    study.sections.find(PerturbationResult).scores["g"]["ifim"]["0.01"]["drop_high"] = 0.05  # below random's 0.1
     assert "no more than replacing random pixels" in "\n".join(findings(study))
 
 
@@ -281,22 +309,23 @@ def test_findings_weigh_the_paired_bootstrap_intervals():
     """A claim that holds on the point estimates is 'not resolved' when the interval of the paired difference
     includes 0, 'clear of 0' when it does not, and a failed claim says when the difference is clear the other way."""
     study = _hand_study(1.8, 1.2)
-    study["intervals"] = {"ratio_ifim_minus": {"g": {"0.01": {"gradcam": [-0.1, 1.2]}}},
-                          "fgsm_pearson_ifim_sensitive_minus": {"gradcam": [-0.6, -0.2]}}
+    perturbation, stability = study.sections.find(PerturbationResult), study.sections.find(FGSMResult)
+    perturbation.differences = {"g": {"0.01": {"gradcam": [-0.1, 1.2]}}}
+    stability.stability_intervals = {"fgsm_pearson_ifim_sensitive_minus": {"gradcam": [-0.6, -0.2]}}
     text = "\n".join(findings(study))
     assert "it holds with a 95 % interval clear of 0 at 0 of 1 under N(0.5, 0.25^2)" in text
     assert ("at 1 % it holds, but the 95 % interval of the difference includes 0 (ifim minus gradcam: "
             "[-0.100, 1.200]): not resolved by this test set") in text
     assert ("lowest clean/adversarial correlation holds, and the 95 % interval of the difference stays clear of 0 "
             "(ifim_sensitive minus gradcam: [-0.600, -0.200])") in text
-    study["intervals"]["ratio_ifim_minus"]["g"]["0.01"]["gradcam"] = [0.2, 1.0]
+    perturbation.differences["g"]["0.01"]["gradcam"] = [0.2, 1.0]
     text = "\n".join(findings(study))
     assert "at 1 % it holds, and the 95 % interval of the difference stays clear of 0" in text
     assert "it holds with a 95 % interval clear of 0 at 1 of 1 under N(0.5, 0.25^2)" in text
-    study["intervals"]["fgsm_pearson_ifim_sensitive_minus"]["gradcam"] = [1e-8, 1.2e-8]  # identical rankings
+    stability.stability_intervals["fgsm_pearson_ifim_sensitive_minus"]["gradcam"] = [1e-8, 1.2e-8]  # same ranking
     assert "the 95 % interval of the difference stays within +-0.001" in "\n".join(findings(study))
     study = _hand_study(1.2, 1.5)
-    study["intervals"] = {"ratio_ifim_minus": {"g": {"0.01": {"gradcam": [-0.5, -0.1]}}}}
+    study.sections.find(PerturbationResult).differences = {"g": {"0.01": {"gradcam": [-0.5, -0.1]}}}
     assert ("does not hold: gradcam is higher (1.500); the 95 % interval of the difference is clear of 0 the other "
             "way") in "\n".join(findings(study))
 
@@ -361,6 +390,26 @@ def test_a_report_touches_only_its_own_files(tmp_path):
     assert {p.name for p in mine.iterdir()} - set(report_module.REPORT_FILES) == {"thesis", "notes.md"}
 
 
+@dataclasses.dataclass
+class _MeanMapResult(Section):
+    """The new control's typed result: its number, its interval and its report section."""
+
+    mean: float
+    interval: list
+
+    def results(self):
+        return {"mean_sensitive": self.mean}
+
+    def intervals(self):
+        return {"mean_sensitive": self.interval}
+
+    def findings(self, sections):
+        return [f"The mean of S(x) is {self.mean:.6f}."]
+
+    def render(self, out):
+        return ["## Mean sensitivity", "", f"{self.mean:.6f} [{self.interval[0]:.6f}, {self.interval[1]:.6f}]", ""]
+
+
 class _MeanMapControl(Control):
     """A new control is one class: the mean of each image's S(x), its results and interval."""
 
@@ -373,24 +422,46 @@ class _MeanMapControl(Control):
         self.means += batch.maps["ifim_sensitive"].flatten(1).mean(1).tolist()
 
     def compute(self, totals):
-        return {"mean_sensitive": float(np.mean(self.means))}, {
-            "mean_sensitive": percentile_interval(resampled_means(self.means, totals.weights))}
+        return _MeanMapResult(float(np.mean(self.means)),
+                              percentile_interval(resampled_means(self.means, totals.weights)))
 
 
-def test_a_new_control_is_one_class(batch):
-    """Added to a study, a control sees every batch, merges over shares in their order and reports with the rest."""
+def _configured_study(extra_controls=()):
+    """The study exactly as configs/evaluate.yaml builds it, with ``extra_controls`` appended to its ``controls``
+    entry (the SHAP background off, so no data is built, and one map method for time)."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")])
+    parser["shap_background"] = None
+    parser["study_methods"] = ["ifim"]
+    parser["study#n_bootstrap"] = 50
+    parser["study#controls"] = parser["study#controls"] + list(extra_controls)
+    return parser.get_parsed_content("study")
+
+
+def test_a_new_control_is_one_class_and_one_config_entry(batch, tmp_path):
+    """A control class plus one entry in evaluate.yaml's study: it sees every batch, merges over shares in their
+    order, reports with the rest (results.json, findings, its report section) and the built-in ones are unchanged."""
     model, x, y, centers, sigmas = batch
+    entry = {"_target_": f"{__name__}._MeanMapControl"}
     studies = []
     for rows in ([0, 1, 2], [3, 4, 5]):
-        study = AttributionStudy(("ifim_sensitive",), alphas=(0.05,), curve_alphas=(), n_bootstrap=50)
-        control = _MeanMapControl()
-        control.reset()
-        study.controls.append(control)
-        study.update(model, x[rows], y[rows])
+        study = _configured_study([entry])
+        assert isinstance(study.controls[-1], _MeanMapControl)
+        study.update(model, x[rows], y[rows], centers[rows], sigmas[rows])
         studies.append(study)
     studies[0].merge(studies[1:])
     results = studies[0].compute()
     sensitive = attribute("ifim_sensitive", model, x)
-    assert results["mean_sensitive"] == pytest.approx(sensitive.flatten(1).mean(1).mean().item())
-    low, high = results["intervals"]["mean_sensitive"]
-    assert low <= results["mean_sensitive"] <= high
+    expected = sensitive.flatten(1).mean(1).mean().item()
+    study_dict = results.to_dict()
+    assert study_dict["mean_sensitive"] == pytest.approx(expected)
+    low, high = study_dict["intervals"]["mean_sensitive"]
+    assert low <= study_dict["mean_sensitive"] <= high
+    out = write_report(tmp_path / "report", results)
+    assert f"- The mean of S(x) is {expected:.6f}." in (out / "report.md").read_text()
+    assert "## Mean sensitivity" in (out / "report.md").read_text()
+    plain = _configured_study()
+    plain.update(model, x, y, centers, sigmas)
+    without = plain.compute().to_dict()
+    assert "mean_sensitive" not in without and without["perturbation"].keys() == study_dict["perturbation"].keys()
+    assert [type(c).__name__ for c in plain.controls] == [type(c).__name__ for c in studies[0].controls[:-1]]

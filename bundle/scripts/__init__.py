@@ -9,20 +9,20 @@ or captum, so the engine stays usable on its own.
 from importlib import import_module
 
 _PUBLIC = {
-    "attribution": ("METHODS", "attribute"),
+    "attribution": ("MAP_METHODS", "MAPS", "DEFAULT_STUDY_METHODS", "attribute", "compute_maps"),
     "data": ("build_cxr_datalist", "build_hcp_datalist", "build_oct_datalist", "build_sksbks_datalist",
              "folder_datalist", "phantom_dataset", "phantom_slice", "write_datalist", "SkippingDataset"),
-    "handlers": ("AttributionStudyHandler", "IFIMCSVSaver", "IFIMHandler", "PerturbationMetricsHandler"),
+    "handlers": ("AttributionStudyHandler", "IFIMCSVSaver", "IFIMHandler"),
     "ifim": ("IFIMResult", "fisher_quadratic", "ifim_decompose", "predictive_probs"),
     "inferers": ("IFIMInferer", "SelectOutput"),
     "networks": ("VGG16", "ShallowCNN", "get_network", "resnet18"),
     "report": ("write_report",),
     "sources": ("AsOwnGridd", "EnsureSpatialDimsd", "InvertToSourced", "LoadImageCheckedd", "RowsColumnsd",
                 "SaveOnSourceGridd"),
-    "study": ("AttributionStudy",),
+    "study": ("AttributionStudy", "StudyResults"),
+    "tasks": ("TASKS", "Task"),
     "transforms": ("EnsureGrayscaled", "InsertGaussianSignal", "InsertGaussianSignald", "InvertMonochrome1d",
-                   "PerSampleSeedd", "cxr_transforms", "gaussian_blob", "image_transforms", "mri_transforms",
-                   "oct_transforms"),
+                   "PerSampleSeedd", "gaussian_blob", "image_transforms", "mri_transforms"),
     "visualize": ("SaveDecompositionFigured",),
 }
 _MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}

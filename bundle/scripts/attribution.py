@@ -1,9 +1,15 @@
 # Copyright (c) the iFIM bundle contributors.
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""One call shape for every map the evaluation compares: ``attribute(method, model, x, target) -> (B, 1, *spatial)``.
+"""Every map the evaluation compares, in one registry: :data:`MAP_METHODS`, one :class:`MapMethod` record each.
 
-Maps are non-negative magnitudes at input resolution, summed over input channels where the method works per
-channel. Methods (:data:`METHODS`):
+A record says what its method needs (a target class, a CAM layer, a background set, seeds) and which maps it
+returns: one, or iFIM's pair S(x) and I(x). Everything else is derived from it: :data:`MAPS` (every map
+:func:`attribute` returns), :data:`DEFAULT_STUDY_METHODS` (what the evaluation and the review compare unless told
+otherwise) and :func:`compute_maps` (every map of a set of methods, each method run once). Adding a method is one
+record, plus its function if it is new.
+
+``attribute(map_name, model, x, target) -> (B, 1, *spatial)``: maps are non-negative magnitudes at input resolution,
+summed over input channels where the method works per channel. Methods:
 
 * ``ifim_sensitive`` / ``ifim_complement``: S(x) = |x_sens| and I(x) = |x_comp| (Sec. IV-E); target-free.
 * ``gradcam`` / ``gradcampp``: ``monai.visualize.GradCAM`` / ``GradCAMpp``.
@@ -28,40 +34,35 @@ channel. Methods (:data:`METHODS`):
 * ``random``: uniform noise, seeded per image: the control every method should beat.
 
 ``seed`` is an integer, hashed with each image's values into per-image seeds
-(``scripts.metrics.image_seeds``), or ``(B,)`` per-image seeds.
+(``scripts.seeding.image_seeds``), or ``(B,)`` per-image seeds.
 
 MONAI's CAMs (1.6.1) score ``logits[:, class_idx]``, which for a per-image ``class_idx`` tensor mixes the images'
 targets: images are grouped by target and each group gets an integer class. Its GradCAM++ also multiplies the
 ``(B,)`` scores into ``(B, C, *spatial)`` gradients without reshaping (broadcast along the last spatial axis), right
 only for one image: it runs image by image. The CAMs register hooks they never remove and zero the parameters'
-``.grad``: they run here on a copy of the model that shares its parameters (cheap), and parameter gradients are
-restored afterwards. Every CAM is scaled to [0, 1] by :func:`unit_range`, not MONAI's ``default_normalizer``,
-which maps (min, max) to (1, 0) and so would rank a CAM's coldest pixels first.
+``.grad``: every method runs on a copy of the model that shares its parameters (``scripts.borrowing.borrowed``), and
+parameter gradients are restored afterwards. Every CAM is scaled to [0, 1] by :func:`unit_range`, not MONAI's
+``default_normalizer``, which maps (min, max) to (1, 0) and so would rank a CAM's coldest pixels first.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import itertools
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from captum.attr import DeepLift, DeepLiftShap, GradientShap
 from monai.visualize import GradCAM, GradCAMpp
 from monai.visualize.class_activation_maps import ModelWithHooks, default_upsampler
 from torch import nn
 
-from .ifim import ifim_decompose
-from .metrics import Seeds, per_image_seeds
+from .borrowing import borrowed
+from .ifim import DEFAULT_RHO, ifim_decompose
+from .seeding import Seeds, per_image_seeds, seeded
 
-__all__ = ["METHODS", "attribute", "default_cam_layer", "unit_range", "ReLUMaxPool", "relu_max_pools",
+__all__ = ["MapMethod", "MapOptions", "MAP_METHODS", "MAPS", "IFIM", "DEFAULT_STUDY_METHODS", "select_methods",
+           "map_names", "compute_maps", "attribute", "default_cam_layer", "unit_range", "ReLUMaxPool", "relu_max_pools",
            "deeplift_shap"]
-
-METHODS = ("ifim_sensitive", "ifim_complement", "gradcam", "gradcampp", "xgradcam", "eigencam", "scorecam",
-           "deepshap", "gradientshap", "vanilla_gradient", "random")
-_CAM_METHODS = ("gradcam", "gradcampp", "xgradcam", "eigencam", "scorecam")
 
 
 def default_cam_layer(model: nn.Module) -> str:
@@ -75,20 +76,6 @@ def default_cam_layer(model: nn.Module) -> str:
     if not convs:
         raise ValueError("no convolution found for a CAM; pass layer= the name of the module to read.")
     return convs[-1]
-
-
-@contextlib.contextmanager
-def _borrowed(model: nn.Module) -> Iterator[nn.Module]:
-    """An eval-mode copy of ``model`` sharing its parameters and buffers; the parameters' ``.grad`` are restored."""
-    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    clone = copy.deepcopy(model, memo=shared).eval()
-    saved = [(p, None if p.grad is None else p.grad.clone()) for p in model.parameters()]
-    try:
-        with torch.enable_grad():
-            yield clone
-    finally:
-        for param, grad in saved:
-            param.grad = grad
 
 
 def _by_target(x: torch.Tensor, target: torch.Tensor, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
@@ -255,7 +242,7 @@ def deeplift_shap(model: nn.Module, x: torch.Tensor, target: torch.Tensor, basel
     so an image's attributions do not depend on its batch."""
     background = _background(x, baselines)
     target = torch.as_tensor(target, device=x.device).long().view(-1)
-    with _borrowed(model) as clone:
+    with borrowed(model, copy=True) as clone:
         # DeepLiftShap averages DeepLift over two or more baselines; with one, it is DeepLift itself
         explainer = (DeepLiftShap if len(background) > 1 else DeepLift)(relu_max_pools(clone))
         parts = []
@@ -278,24 +265,11 @@ def _gradientshap(model: nn.Module, x: torch.Tensor, target: torch.Tensor, n_sam
     background = _background(x, baselines)
     explainer, maps = GradientShap(model), []
     for image, cls, seed in zip(x.detach(), target, seeds.tolist()):  # one seed per image: batch-independent
-        with _seeded(seed):
+        with seeded(seed):
             attributions = explainer.attribute(image[None], baselines=background, target=int(cls),
                                                n_samples=n_samples, stdevs=stdevs)
         maps.append(attributions.detach().abs().sum(1, keepdim=True))
     return torch.cat(maps)
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch and numpy's global generator (captum draws from both), restoring both afterwards."""
-    numpy_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        try:
-            yield
-        finally:
-            np.random.set_state(numpy_state)
 
 
 def _vanilla_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -305,13 +279,186 @@ def _vanilla_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -
     return grad.abs().sum(1, keepdim=True)
 
 
-def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor] = None, *,
-              layer: Optional[str] = None, rho: float = 0.9, head: str = "softmax", n_samples: int = 16,
-              stdevs: float = 0.1, seed: Seeds = 0, baselines: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The ``(B, 1, *spatial)`` magnitude map of ``method`` for ``x`` ``(B, C_in, *spatial)``.
+@dataclass(frozen=True)
+class MapOptions:
+    """What a method may need besides the model, the images and the target: the CAM ``layer``, iFIM's ``rho`` and
+    ``head``, GradientShap's ``n_samples`` / ``stdevs``, per-image ``seeds`` ``(B,)`` and the SHAP ``baselines``."""
+
+    layer: Optional[str] = None
+    rho: float = DEFAULT_RHO
+    head: str = "softmax"
+    n_samples: int = 16
+    stdevs: float = 0.1
+    seeds: Optional[torch.Tensor] = None
+    baselines: Optional[torch.Tensor] = None
+
+
+MapFunction = Callable[[nn.Module, torch.Tensor, Optional[torch.Tensor], MapOptions], Tuple[torch.Tensor, ...]]
+
+
+@dataclass(frozen=True)
+class MapMethod:
+    """One map method of the comparison.
+
+    Attributes:
+        name: what configs, results and the perturbation study call the method.
+        display: its name in prose.
+        function: ``(model, x, target, options) -> maps``, one ``(B, 1, *spatial)`` map per entry of ``maps``.
+        maps: the names of the maps it returns; default ``(name,)``. iFIM returns its pair (S, I): the
+            perturbation study ranks the top pixels by the first and the bottom pixels by the last.
+        needs_target: explains a class (default the predicted one); else target-free.
+        needs_layer: reads a convolutional layer (:func:`default_cam_layer` unless one is given).
+        needs_background: takes a background set (``baselines``).
+        needs_seed: draws at random, from each image's seed.
+        in_default_study: among :data:`DEFAULT_STUDY_METHODS`.
+    """
+
+    name: str
+    display: str
+    function: MapFunction
+    maps: Tuple[str, ...] = ()
+    needs_target: bool = True
+    needs_layer: bool = False
+    needs_background: bool = False
+    needs_seed: bool = False
+    in_default_study: bool = True
+
+    def __post_init__(self):
+        if not self.maps:
+            object.__setattr__(self, "maps", (self.name,))
+
+    def ranked(self, maps: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The maps whose highest and lowest pixels the perturbation study replaces: (S, I) for iFIM, the one map
+        twice otherwise."""
+        return maps[self.maps[0]], maps[self.maps[-1]]
+
+
+def _ifim(model, x, target, options: MapOptions) -> Tuple[torch.Tensor, ...]:
+    return ifim_decompose(model, x, rho=options.rho, head=options.head).maps()
+
+
+class _PerTarget:
+    """A CAM of one target class for a sub-batch, ``cam(model, layer, x, class)``, run for every target class of
+    the batch. A class, not a closure: the registry's records travel between processes (pickled)."""
+
+    def __init__(self, cam: Callable[[nn.Module, str, torch.Tensor, int], torch.Tensor]):
+        self.cam = cam
+
+    def __call__(self, model, x, target, options: MapOptions) -> Tuple[torch.Tensor, ...]:
+        return (_by_target(x, target, lambda z, c: self.cam(model, options.layer, z, c)).detach(),)
+
+
+def _gradcam(model: nn.Module, layer: str, x: torch.Tensor, cls: int) -> torch.Tensor:
+    return GradCAM(model, layer, postprocessing=unit_range)(x, class_idx=cls)
+
+
+def _gradcampp(model: nn.Module, layer: str, x: torch.Tensor, cls: int) -> torch.Tensor:
+    cam = GradCAMpp(model, layer, postprocessing=unit_range)
+    return torch.cat([cam(x[i:i + 1], class_idx=cls) for i in range(len(x))])
+
+
+def _eigencam_map(model, x, target, options: MapOptions) -> Tuple[torch.Tensor, ...]:
+    return (_eigencam(model, options.layer, x).detach(),)
+
+
+def _deepshap_map(model, x, target, options: MapOptions) -> Tuple[torch.Tensor, ...]:
+    return (deeplift_shap(model, x, target, options.baselines).abs().sum(1, keepdim=True),)
+
+
+def _gradientshap_map(model, x, target, options: MapOptions) -> Tuple[torch.Tensor, ...]:
+    return (_gradientshap(model, x, target, options.n_samples, options.stdevs, options.seeds, options.baselines),)
+
+
+def _vanilla_gradient_map(model, x, target, options: MapOptions) -> Tuple[torch.Tensor, ...]:
+    return (_vanilla_gradient(model, x, target),)
+
+
+def _random(model, x, target, options: MapOptions) -> Tuple[torch.Tensor, ...]:
+    return (torch.stack([torch.rand((1, *x.shape[2:]), generator=torch.Generator().manual_seed(s))
+                         for s in options.seeds.tolist()]).to(x),)
+
+
+MAP_METHODS: Dict[str, MapMethod] = {m.name: m for m in (
+    MapMethod("ifim", "iFIM", _ifim, maps=("ifim_sensitive", "ifim_complement"), needs_target=False),
+    MapMethod("gradcam", "Grad-CAM", _PerTarget(_gradcam), needs_layer=True),
+    MapMethod("gradcampp", "Grad-CAM++", _PerTarget(_gradcampp), needs_layer=True),
+    MapMethod("xgradcam", "XGrad-CAM", _PerTarget(_xgradcam), needs_layer=True),
+    MapMethod("eigencam", "Eigen-CAM", _eigencam_map, needs_target=False, needs_layer=True),
+    MapMethod("scorecam", "Score-CAM", _PerTarget(_scorecam), needs_layer=True),
+    MapMethod("deepshap", "DeepSHAP", _deepshap_map, needs_background=True),
+    # the slowest map: left out of the default study for time
+    MapMethod("gradientshap", "GradientShap", _gradientshap_map, needs_background=True, needs_seed=True,
+              in_default_study=False),
+    MapMethod("vanilla_gradient", "vanilla gradient", _vanilla_gradient_map),
+    MapMethod("random", "random map", _random, needs_target=False, needs_seed=True),
+)}
+IFIM = MAP_METHODS["ifim"]  # the method the paper's claims are about
+MAPS = tuple(name for method in MAP_METHODS.values() for name in method.maps)  # every map attribute() returns
+DEFAULT_STUDY_METHODS = tuple(name for name, method in MAP_METHODS.items() if method.in_default_study)
+_METHOD_OF = {name: method for method in MAP_METHODS.values() for name in method.maps}
+
+
+def select_methods(names: Optional[Sequence[str]] = None) -> List[MapMethod]:
+    """The records of ``names`` (method names, or map names: a map selects the method that returns it), in
+    registry order; None: :data:`DEFAULT_STUDY_METHODS`."""
+    names = DEFAULT_STUDY_METHODS if names is None else names
+    unknown = sorted(set(names) - set(MAP_METHODS) - set(_METHOD_OF))
+    if unknown or not names:
+        raise ValueError(f"methods must be one or more of {tuple(MAP_METHODS)} or maps of {MAPS}; unknown: "
+                         f"{unknown}.")
+    wanted = {MAP_METHODS[n].name if n in MAP_METHODS else _METHOD_OF[n].name for n in names}
+    return [method for name, method in MAP_METHODS.items() if name in wanted]
+
+
+def map_names(names: Optional[Sequence[str]] = None) -> List[str]:
+    """The maps ``names`` stand for, in the order given: a map itself, a method its maps; None: every map of
+    :data:`DEFAULT_STUDY_METHODS`."""
+    names = [n for method in select_methods(None) for n in method.maps] if names is None else list(names)
+    select_methods(names)  # refuses unknown names
+    return [m for n in names for m in (MAP_METHODS[n].maps if n in MAP_METHODS else (n,))]
+
+
+def compute_maps(methods: Sequence[MapMethod], model: nn.Module, x: torch.Tensor,
+                 target: Optional[torch.Tensor] = None, seed: Seeds = 0, **options) -> Dict[str, torch.Tensor]:
+    """Every map of ``methods`` for ``x`` ``(B, C_in, *spatial)``: ``{map name: (B, 1, *spatial)}``, detached,
+    each method run once, on a copy of ``model`` in eval mode sharing its parameters (the model is left as it was:
+    mode, ``.grad``, hooks).
 
     Args:
-        method: one of :data:`METHODS`.
+        target: ``(B,)`` classes to explain; default the predicted ones (for the methods that take one).
+        seed: an integer (hashed with each image) or ``(B,)`` per-image seeds, for the methods that draw.
+        options: :class:`MapOptions` fields (``layer``, ``rho``, ``head``, ``n_samples``, ``stdevs``,
+            ``baselines``).
+    """
+    maps: Dict[str, torch.Tensor] = {}
+    with borrowed(model, copy=True) as clone:
+        settings = MapOptions(**options)
+        if any(m.needs_seed for m in methods):
+            settings = _with(settings, seeds=per_image_seeds(x, seed))
+        if any(m.needs_layer for m in methods) and settings.layer is None:
+            settings = _with(settings, layer=default_cam_layer(clone))
+        if any(m.needs_target for m in methods):
+            if target is None:
+                with torch.no_grad():
+                    target = clone(x).argmax(1)
+            target = torch.as_tensor(target, device=x.device).long().view(-1)
+        for method in methods:
+            parts = method.function(clone, x, target if method.needs_target else None, settings)
+            maps.update(zip(method.maps, (part.detach() for part in parts)))
+    return maps
+
+
+def _with(options: MapOptions, **changes) -> MapOptions:
+    return MapOptions(**{**options.__dict__, **changes})
+
+
+def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[torch.Tensor] = None, *,
+              layer: Optional[str] = None, rho: float = DEFAULT_RHO, head: str = "softmax", n_samples: int = 16,
+              stdevs: float = 0.1, seed: Seeds = 0, baselines: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The ``(B, 1, *spatial)`` magnitude map ``method`` (one of :data:`MAPS`) for ``x`` ``(B, C_in, *spatial)``.
+
+    Args:
+        method: a map name (``ifim_sensitive``, ``gradcam``, ...) or a method with one map.
         model: classifier returning ``(B, C)`` logits; used in eval mode, left as it was (mode, ``.grad``, hooks).
         x: images.
         target: ``(B,)`` classes to explain; default the predicted ones. Unused by the iFIM maps, Eigen-CAM and
@@ -322,32 +469,8 @@ def attribute(method: str, model: nn.Module, x: torch.Tensor, target: Optional[t
         seed: seeds the random map and GradientShap: an integer (hashed with each image) or ``(B,)`` seeds.
         baselines: the SHAP methods' background ``(N, C_in, *spatial)``; default one all-zero image.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}.")
-    if method == "random":
-        return torch.stack([torch.rand((1, *x.shape[2:]), generator=torch.Generator().manual_seed(s))
-                            for s in per_image_seeds(x, seed).tolist()]).to(x)
-    if method.startswith("ifim"):
-        return ifim_decompose(model, x, rho=rho, head=head).maps()[0 if method == "ifim_sensitive" else 1]
-    with _borrowed(model) as clone:
-        if target is None:
-            with torch.no_grad():
-                target = clone(x).argmax(1)
-        target = torch.as_tensor(target, device=x.device).long().view(-1)
-        if method == "vanilla_gradient":
-            return _vanilla_gradient(clone, x, target)
-        if method == "deepshap":
-            return deeplift_shap(clone, x, target, baselines).abs().sum(1, keepdim=True)
-        if method == "gradientshap":
-            return _gradientshap(clone, x, target, n_samples, stdevs, per_image_seeds(x, seed), baselines)
-        layer = layer or default_cam_layer(clone)
-        if method == "eigencam":
-            return _eigencam(clone, layer, x).detach()
-        cams: Dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
-            "gradcam": lambda z, c: GradCAM(clone, layer, postprocessing=unit_range)(z, class_idx=c),
-            "gradcampp": lambda z, c: torch.cat([GradCAMpp(clone, layer, postprocessing=unit_range)(
-                z[i:i + 1], class_idx=c) for i in range(len(z))]),
-            "xgradcam": lambda z, c: _xgradcam(clone, layer, z, c),
-            "scorecam": lambda z, c: _scorecam(clone, layer, z, c),
-        }
-        return _by_target(x, target, cams[method]).detach()
+    record = _METHOD_OF.get(method)
+    if record is None:
+        raise ValueError(f"unknown method {method!r}; choose one of the maps {MAPS}.")
+    return compute_maps([record], model, x, target, seed, layer=layer, rho=rho, head=head, n_samples=n_samples,
+                        stdevs=stdevs, baselines=baselines)[method]

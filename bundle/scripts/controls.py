@@ -1,13 +1,17 @@
 # Copyright (c) the iFIM bundle contributors.
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""The controls of the map comparison, one accumulator each: a new control is one new class.
+"""The controls of the map comparison, one accumulator each: a new control is one new class, and one entry in the
+``controls`` of the study in ``configs/evaluate.yaml``.
 
-Every control follows one protocol (:class:`Control`): ``update(batch)`` with a :class:`StudyBatch` (the model, the
-images, their labels, predictions, seeds, units and every map), ``merge(other)`` with the same control of another
-share of the data (another process; the accumulators are lists that concatenate), and ``compute(totals)`` with the
-:class:`StudyTotals` every control shares (labels, clean predictions, the cluster-bootstrap weights), returning its
-results and its 95 % intervals. :class:`scripts.study.AttributionStudy` composes them;
-:class:`scripts.handlers.PerturbationMetricsHandler` runs :class:`ContrastivePerturbation` alone.
+Every control follows one protocol (:class:`Control`): ``setup(study)`` with what the study decided for all of
+them (:class:`StudySetup`: its map methods, maps, pixel fractions and seed), ``update(batch)`` with a
+:class:`StudyBatch` (the model, the images, their labels, predictions, seeds, units and every map),
+``merge(other)`` with the same control of another share of the data (another process; the accumulators are lists
+that concatenate), and ``compute(totals)`` with the :class:`StudyTotals` every control shares (labels, clean
+predictions, the cluster-bootstrap weights). ``compute`` returns a typed :class:`Section`: the control's numbers,
+what they add to ``results.json``, the headline metrics, and its part of the report (findings stated from the
+numbers, Markdown, CSV, figures). :class:`scripts.study.AttributionStudy` composes the controls,
+:func:`scripts.report.write_report` the sections.
 
 Controls (the paper's Sec. IV-E/F, and what a reviewer adds):
 
@@ -15,11 +19,11 @@ Controls (the paper's Sec. IV-E/F, and what a reviewer adds):
   other method its own top-k against its bottom-k, plus k random pixels.
 * :class:`DeletionCurves`: MoRF / LeRF curves of F1 and the true-class probability, their AUCs.
 * :class:`FGSMStability`: eq. 27, correlation of the maps of x and x_adv, and the predictions the attack flipped.
-* :class:`ModelRandomization`: Spearman correlation of the maps of the model and of a randomized copy.
-* :class:`SignalLocalization`: the maps' energy on a known signal, and the pointing game.
 * :class:`TopKOverlap`: for C = 2, the overlap of the top-k sets of S(x) and of the vanilla gradient.
 * :class:`ComplementVsImage`: the correlation of I(x) with |x|.
 * :class:`Detectability`: recall of the clean predictions by signal amplitude.
+* :class:`SignalLocalization`: the maps' energy on a known signal, and the pointing game.
+* :class:`ModelRandomization`: Spearman correlation of the maps of the model and of a randomized copy.
 """
 
 from __future__ import annotations
@@ -27,12 +31,16 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Callable, ClassVar, ContextManager, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from .atomic import write_csv
+from .attribution import IFIM, MAP_METHODS, MapMethod
+from .bootstrap import paired_differences, percentile_interval, resampled_means, unit_bootstrap_weights
 from .metrics import (
     Fill,
     curve_auc,
@@ -49,58 +57,34 @@ from .metrics import (
     signal_localization,
     spearman_per_image,
 )
+from .verdicts import best, ci, fmt, judge, table
+from .visualize import grouped_bar_figure, line_panels_figure, save_figure_atomic
 
-__all__ = ["StudyBatch", "StudyTotals", "Control", "ContrastivePerturbation", "DeletionCurves", "FGSMStability",
-           "ModelRandomization", "SignalLocalization", "TopKOverlap", "ComplementVsImage", "Detectability",
-           "unit_bootstrap_weights", "percentile_interval", "resampled_means", "paired_differences", "method_maps"]
+__all__ = ["StudySetup", "StudyBatch", "StudyTotals", "Section", "Sections", "Control", "ContrastivePerturbation",
+           "DeletionCurves", "FGSMStability", "TopKOverlap", "ComplementVsImage", "Detectability",
+           "SignalLocalization", "ModelRandomization", "PerturbationResult", "CurvesResult", "FGSMResult",
+           "TopKOverlapResult", "ComplementResult", "DetectabilityResult", "LocalizationResult",
+           "RandomizationResult"]
 
-IFIM_MAPS = ("ifim_sensitive", "ifim_complement")
+SENSITIVE, COMPLEMENT = IFIM.maps  # S(x) and I(x): the maps the paper's claims are about
+GRADIENT = MAP_METHODS["vanilla_gradient"].maps[0]
 CURVE_KEYS = ("morf_f1", "lerf_f1", "morf_prob", "lerf_prob")
 Intervals = Dict[str, object]
 
 
-def unit_bootstrap_weights(units: Sequence, n_resamples: int, seed: int = 0) -> np.ndarray:
-    """``(n_resamples, N)`` image weights of a cluster bootstrap: each resample draws as many units as there are
-    (with replacement) and counts each image as often as its unit was drawn."""
-    unique, inverse = np.unique(np.asarray([str(u) for u in units]), return_inverse=True)
-    draws = np.random.default_rng(seed).multinomial(len(unique), np.full(len(unique), 1 / len(unique)),
-                                                    size=n_resamples)
-    return draws[:, inverse].astype(np.float64)
+@dataclass
+class StudySetup:
+    """What the study decides for every control: its map ``methods`` (registry records, in registry order), their
+    ``maps`` (names), the perturbed pixel fractions ``alphas`` and the ``seed``."""
 
+    methods: List[MapMethod]
+    maps: List[str]
+    alphas: Tuple[float, ...]
+    seed: int = 0
 
-def percentile_interval(values, level: float = 0.95) -> List[float]:
-    """``[low, high]`` percentile interval of resampled statistics (NaN resamples left out; NaN when none), each end
-    the nearest resample outward, so the interval is never narrower than the interpolated one."""
-    values = np.asarray(values, dtype=np.float64)
-    if np.isnan(values).all():
-        return [math.nan, math.nan]
-    tail = (1 - level) / 2 * 100
-    # the order statistics just outside the interval (not interpolated): an infinite ratio stays inf, never NaN
-    low = np.nanpercentile(values, tail, method="lower")
-    high = np.nanpercentile(values, 100 - tail, method="higher")
-    return [float(low), float(high)]
-
-
-def resampled_means(values: Sequence[float], weights: np.ndarray) -> np.ndarray:
-    """``(R,)`` means of per-image ``values`` (NaN ones left out) under each resample's ``weights``."""
-    array = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(array)
-    totals = weights[:, finite].sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(totals > 0, weights[:, finite] @ array[finite] / totals, np.nan)
-
-
-def paired_differences(resampled: Dict[str, np.ndarray], ours: str) -> Dict[str, List[float]]:
-    """Interval of ``ours`` minus every other method, resample by resample (the paired comparison)."""
-    if ours not in resampled:
-        return {}
-    with np.errstate(invalid="ignore"):
-        return {m: percentile_interval(resampled[ours] - v) for m, v in resampled.items() if m != ours}
-
-
-def method_maps(method: str, maps: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The (ranked-high, ranked-low) maps of a perturbation method: (S, I) for ``ifim``, a map twice otherwise."""
-    return (maps[IFIM_MAPS[0]], maps[IFIM_MAPS[1]]) if method == "ifim" else (maps[method],) * 2
+    @property
+    def method_names(self) -> List[str]:
+        return [m.name for m in self.methods]
 
 
 @dataclass
@@ -159,12 +143,70 @@ def _extend(mine, theirs):
     return mine
 
 
+class Section:
+    """A control's typed result and its part of the report. Subclasses are dataclasses of the control's numbers;
+    ``files`` names every report file a section of that kind may write (the report owns exactly these and its own)."""
+
+    files: ClassVar[Tuple[str, ...]] = ()
+    kinds: ClassVar[List[Type["Section"]]] = []
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        Section.kinds.append(cls)
+
+    def results(self) -> dict:
+        """Its entries of ``results.json["study"]``."""
+        return {}
+
+    def intervals(self) -> Intervals:
+        """Its entries of ``results.json["study"]["intervals"]``."""
+        return {}
+
+    def metrics(self, prefix: str) -> Dict[str, float]:
+        """Headline numbers for ``engine.state.metrics`` (logged by ``StatsHandler``)."""
+        return {}
+
+    def findings(self, sections: "Sections") -> List[str]:
+        """Plain statements, each computed from the numbers (``sections``: the study's other results)."""
+        return []
+
+    def paper_rows(self, sections: "Sections") -> List[List[str]]:
+        """Rows ``[claim, what the paper reports, this run]`` of the report's "Beside the paper" table."""
+        return []
+
+    def render(self, out: Path) -> List[str]:
+        """Write its CSVs and figures into ``out``; return its Markdown lines."""
+        return []
+
+
+S = TypeVar("S", bound=Section)
+
+
+class Sections(list):
+    """The sections of a study, in the order of its controls."""
+
+    def find(self, kind: Type[S]) -> Optional[S]:
+        """The first section of ``kind``; None when the study had no such control."""
+        return next((s for s in self if isinstance(s, kind)), None)
+
+
+def report_files() -> Tuple[str, ...]:
+    """Every file any section may write."""
+    return tuple(name for kind in Section.kinds for name in kind.files)
+
+
 class Control:
-    """One control: ``reset``, ``update(batch)``, ``merge(other)``, ``compute(totals) -> (results, intervals)``.
+    """One control: ``setup(study)``, ``reset``, ``update(batch)``, ``merge(other)``, ``compute(totals) -> Section``.
     Subclasses name their accumulators (lists, or dicts of lists) in ``accumulators`` and set them in ``reset``;
-    ``merge`` concatenates them, in the order of the shares."""
+    ``merge`` concatenates them, in the order of the shares. ``setup`` keeps what the study decided as ``study``
+    and resets."""
 
     accumulators: Tuple[str, ...] = ()
+    study: StudySetup
+
+    def setup(self, study: StudySetup) -> None:
+        self.study = study
+        self.reset()
 
     def reset(self) -> None:
         raise NotImplementedError
@@ -176,43 +218,56 @@ class Control:
         for name in self.accumulators:
             setattr(self, name, _extend(getattr(self, name), getattr(other, name)))
 
-    def compute(self, totals: StudyTotals) -> Tuple[dict, Intervals]:
+    def compute(self, totals: StudyTotals) -> Section:
         raise NotImplementedError
+
+
+def _alpha_keys(alphas: Sequence[float]) -> List[str]:
+    return [f"{a:g}" for a in alphas]
+
+
+def _percent(alpha: str) -> str:
+    return f"{100 * float(alpha):g}"
 
 
 class ContrastivePerturbation(Control):
     """eq. 23-26 per method and fill: the class probabilities after replacing each perturbed set (``(alpha, "high" |
     "low" | "random")``); F1 scores, ratios and drops against the clean predictions, with intervals and the paired
-    interval of iFIM's ratio minus every other method's."""
+    interval of iFIM's ratio minus every other method's.
+
+    Args:
+        fills: what replaces the perturbed pixels (``scripts.metrics.GaussianFill``, ``NoisyLinearImputation``),
+            one or more with distinct ``tag`` s, the same fill for every method.
+    """
 
     accumulators = ("probabilities",)
 
-    def __init__(self, methods: Sequence[str], alphas: Sequence[float], fills: Sequence[Fill]):
+    def __init__(self, fills: Sequence[Fill]):
         tags = [fill.tag for fill in fills]
         if not tags or len(set(tags)) != len(tags):
             raise ValueError(f"the fills must be one or more with distinct tags, got {tags}.")
-        self.methods, self.alphas, self.fills = list(methods), tuple(alphas), list(fills)
-        self.reset()
+        self.fills = list(fills)
 
     def reset(self) -> None:
         # fill tag -> method -> (alpha, set) -> [(B, C) probabilities]
-        self.probabilities: Dict[str, Dict[str, Dict]] = {f.tag: {m: {} for m in self.methods} for f in self.fills}
+        self.probabilities: Dict[str, Dict[str, Dict]] = {f.tag: {m: {} for m in self.study.method_names}
+                                                          for f in self.fills}
 
     def update(self, batch: StudyBatch) -> None:
-        for method in self.methods:
-            masks = perturbation_mask_sets(*method_maps(method, batch.maps), self.alphas, batch.seeds)
+        for method in self.study.methods:
+            masks = perturbation_mask_sets(*method.ranked(batch.maps), self.study.alphas, batch.seeds)
             for fill in self.fills:
                 with batch.timed(f"perturbation: {fill.name}"):
                     for key, probs in perturbed_probabilities(batch.model, batch.x, masks, fill, batch.seeds).items():
-                        self.probabilities[fill.tag][method].setdefault(key, []).append(probs.cpu())
+                        self.probabilities[fill.tag][method.name].setdefault(key, []).append(probs.cpu())
 
-    def compute(self, totals: StudyTotals) -> Tuple[dict, Intervals]:
+    def compute(self, totals: StudyTotals) -> "PerturbationResult":
         scores: Dict[str, dict] = {}
         intervals: Dict[str, dict] = {}
         differences: Dict[str, dict] = {}
         for fill in self.fills:
             scores[fill.tag], intervals[fill.tag], resampled_ratios = {}, {}, {}
-            for method in self.methods:
+            for method in self.study.method_names:
                 merged = {key: torch.cat(values).argmax(1) for key, values in
                           self.probabilities[fill.tag][method].items()}
                 merged["clean"] = totals.clean
@@ -226,38 +281,164 @@ class ContrastivePerturbation(Control):
                     for alpha, values in resampled.items()}
                 resampled_ratios[method] = {f"{alpha:g}": values["ratio"] for alpha, values in resampled.items()}
             # paired: the resample's iFIM value minus the other method's, for the paper's claims
-            differences[fill.tag] = {f"{a:g}": paired_differences({m: r[f"{a:g}"] for m, r in
-                                                                   resampled_ratios.items()}, "ifim")
-                                     for a in self.alphas}
-        return {"perturbation": scores}, {"perturbation": intervals, "ratio_ifim_minus": differences}
+            differences[fill.tag] = {a: paired_differences({m: r[a] for m, r in resampled_ratios.items()}, IFIM.name)
+                                     for a in _alpha_keys(self.study.alphas)}
+        return PerturbationResult(list(self.study.alphas), [{"tag": f.tag, "name": f.name} for f in self.fills],
+                                  self.study.seed, scores, intervals, differences,
+                                  {f.tag: f.provenance for f in self.fills if getattr(f, "provenance", None)})
+
+
+@dataclass
+class PerturbationResult(Section):
+    """The contrastive perturbation study: ``scores[fill tag][method][alpha]`` (``f1_clean``, ``f1_high``,
+    ``f1_low``, ``f1_random``, ``ratio``, ``drop_high``, ``drop_low``, ``drop_random``), their intervals in the
+    same layout, ``differences[fill tag][alpha][method]``: the paired interval of iFIM's ratio minus the method's;
+    ``provenance``: per fill tag, how the fill was chosen where the report must say so."""
+
+    files: ClassVar[Tuple[str, ...]] = ("perturbation.csv", "fig3_perturbation_ratio.png", "fig3_f1_drops.png")
+    alphas: List[float]
+    fills: List[Dict[str, str]]
+    seed: int
+    scores: Dict[str, dict]
+    score_intervals: Dict[str, dict] = field(default_factory=dict)
+    differences: Dict[str, dict] = field(default_factory=dict)
+    provenance: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def names(self) -> Dict[str, str]:
+        return {f["tag"]: f["name"] for f in self.fills}
+
+    def results(self) -> dict:
+        return {"perturbation": self.scores, "noise_models": self.fills, "noise_seed": self.seed}
+
+    def intervals(self) -> Intervals:
+        return {"perturbation": self.score_intervals, f"ratio_{IFIM.name}_minus": self.differences}
+
+    def metrics(self, prefix: str) -> Dict[str, float]:
+        return {f"{prefix}_ratio_{tag}_{method}_{_percent(alpha)}": values["ratio"]
+                for tag, per_method in self.scores.items() for method, per_alpha in per_method.items()
+                for alpha, values in per_alpha.items()}
+
+    def _judged(self) -> Tuple[List[str], Dict[str, int]]:
+        """Fig. 3's claim (iFIM has the highest F1 ratio) under every fill, and per fill name at how many fractions
+        it holds with an interval clear of 0."""
+        lines, holds_clear, names = [], {}, self.names
+        for tag, perturbation in self.scores.items():
+            if IFIM.name not in perturbation:
+                continue
+            differences = self.differences.get(tag, {})
+            parts, clear = [], 0
+            for alpha in _alpha_keys(self.alphas):
+                ratios = {m: v[alpha]["ratio"] for m, v in perturbation.items()}
+                claim, holds = judge(ratios, IFIM.name, differences.get(alpha, {}), highest=True)
+                clear += holds
+                parts.append(f"at {_percent(alpha)} % it {claim} ({IFIM.display}'s ratio {fmt(ratios[IFIM.name])})")
+                ours = perturbation[IFIM.name][alpha]
+                if ours["drop_high"] <= ours["drop_random"]:
+                    parts.append(f"at {_percent(alpha)} % replacing {IFIM.display}'s top pixels lowers F1 by "
+                                 f"{fmt(ours['drop_high'])}, no more than replacing random pixels "
+                                 f"({fmt(ours['drop_random'])}): the ratio reflects how harmless the bottom set is, "
+                                 "not that the top set is special")
+            holds_clear[names.get(tag, tag)] = clear
+            lines.append(f"Pixels replaced by {names.get(tag, tag)}: the claim that {IFIM.display} gets the highest F1 "
+                         "ratio: " + "; ".join(parts) + ".")
+        if holds_clear:
+            lines.append(f"Summary of Fig. 3's claim over {len(self.alphas)} pixel fractions: "
+                         f"{self._summary(holds_clear)}.")
+        return lines, holds_clear
+
+    def _summary(self, holds_clear: Dict[str, int]) -> str:
+        counts = ", ".join(f"{k} of {len(self.alphas)} under {name}" for name, k in holds_clear.items())
+        return f"it holds with a 95 % interval clear of 0 at {counts}"
+
+    def findings(self, sections: Sections) -> List[str]:
+        return self._judged()[0]
+
+    def paper_rows(self, sections: Sections) -> List[List[str]]:
+        holds_clear = self._judged()[1]
+        if not holds_clear:
+            return []
+        return [[f"Fig. 3: {IFIM.display} has the highest F1 ratio at 1, 2, 3 %", "holds for every task and classifier",
+                 self._summary(holds_clear)]]
+
+    def render(self, out: Path) -> List[str]:
+        names, alphas = self.names, _alpha_keys(self.alphas)
+        write_csv(out / "perturbation.csv", ["fill", "method", "alpha", "f1_clean", "f1_high", "f1_low", "f1_random",
+                                             "ratio", "drop_high", "drop_low", "drop_random"],
+                  [[names.get(tag, tag), method, alpha, v["f1_clean"], v["f1_high"], v["f1_low"], v["f1_random"],
+                    v["ratio"], v["drop_high"], v["drop_low"], v["drop_random"]]
+                   for tag, per_method in self.scores.items() for method, per_alpha in per_method.items()
+                   for alpha, v in per_alpha.items()])
+        self._figures(out)
+        provenance = "".join(f", except that {names.get(tag, tag)} {note}" for tag, note in self.provenance.items())
+        lines = ["## Contrastive pixel perturbation (eq. 23-26, Fig. 3)", "",
+                 f"k = ceil(alpha HW) pixels replaced, under each fill below (seed {self.seed}), the same fill for "
+                 f"every method. {IFIM.display}: TopK(S) vs BottomK(I); others: top-k vs bottom-k of the same map; "
+                 "`random`: k random pixels (control). F1 of class 1 (C = 2) or macro. The paper says only \"a fixed "
+                 f"distribution\"; evaluate.yaml's fills were set in advance, not tuned on test results{provenance}.",
+                 ""]
+        for tag, per_method in self.scores.items():
+            intervals = self.score_intervals.get(tag, {})
+
+            def cell(method: str, alpha: str, key: str) -> str:
+                return fmt(per_method[method][alpha][key]) + ci(intervals.get(method, {}).get(alpha, {}).get(key))
+
+            lines += [f"### {names.get(tag, tag)}", "",
+                      table(["method"] + [f"ratio {_percent(a)} %" for a in alphas]
+                            + [f"drop high / low / random {_percent(a)} %" for a in alphas],
+                            [[m] + [cell(m, a, "ratio") for a in alphas]
+                             + [" / ".join(cell(m, a, f"drop_{s}") for s in ("high", "low", "random")) for a in alphas]
+                             for m in per_method]), ""]
+        return lines + ["![ratio](fig3_perturbation_ratio.png)", "", "![drops](fig3_f1_drops.png)", ""]
+
+    def _figures(self, out: Path) -> None:
+        alphas, tags = _alpha_keys(self.alphas), list(self.scores)
+        groups = [f"{self.names.get(t, t).split(' (')[0]}\n{_percent(a)} %" for t in tags for a in alphas]
+        methods = list(self.scores[tags[0]])
+        ratios = {m: [self.scores[t][m][a]["ratio"] for t in tags for a in alphas] for m in methods}
+        save_figure_atomic(grouped_bar_figure(ratios, groups, "F1 low / F1 high", "Contrastive pixel perturbation "
+                                              "(Fig. 3) under each fill: higher = top pixels matter more",
+                                              reference=1.0), out / "fig3_perturbation_ratio.png")
+        drops = {f"{m} {s}": [self.scores[t][m][a][f"drop_{s}"] for t in tags for a in alphas]
+                 for m in methods for s in ("high", "random") if m == IFIM.name or s == "high"}
+        save_figure_atomic(grouped_bar_figure(drops, groups, "F1 drop", "F1 drop after replacing top-k pixels, and "
+                                              "the random-pixel control"), out / "fig3_f1_drops.png")
 
 
 class DeletionCurves(Control):
     """Deletion curves per method: F1 and mean true-class probability at alpha = 0 (clean) and every curve point,
     removing the most relevant pixels first (MoRF, the ``high`` sets) or the least relevant first (LeRF, ``low``);
     their AUCs (mean height over alpha), LeRF minus MoRF (higher: the map orders pixels by their effect), and 95 %
-    intervals with the paired differences of iFIM minus every other method."""
+    intervals with the paired differences of iFIM minus every other method.
+
+    Args:
+        points: the curves' pixel fractions besides 0 and the study's ``alphas`` (one or more).
+        fill: what replaces the removed pixels (ROAD's imputation stays closest to the data, as ROAD proposes).
+    """
 
     accumulators = ("probabilities",)
 
-    def __init__(self, methods: Sequence[str], points: Sequence[float], fill: Fill):
+    def __init__(self, points: Sequence[float], fill: Fill):
         if not len(points):
             raise ValueError("a deletion curve needs at least one pixel fraction besides 0.")
-        self.methods, self.points, self.fill = list(methods), tuple(sorted(points)), fill
-        self.reset()
+        self.curve_points, self.fill = tuple(points), fill
+
+    def setup(self, study: StudySetup) -> None:
+        self.points = tuple(sorted(set(study.alphas) | set(self.curve_points)))
+        super().setup(study)
 
     def reset(self) -> None:
-        self.probabilities: Dict[str, Dict] = {m: {} for m in self.methods}  # method -> (alpha, set) -> [(B, C)]
+        self.probabilities: Dict[str, Dict] = {m: {} for m in self.study.method_names}  # method -> (alpha, set) -> []
 
     def update(self, batch: StudyBatch) -> None:
         with batch.timed(f"deletion curves: {self.fill.name}"):
-            for method in self.methods:
-                masks = perturbation_mask_sets(*method_maps(method, batch.maps), self.points, batch.seeds,
+            for method in self.study.methods:
+                masks = perturbation_mask_sets(*method.ranked(batch.maps), self.points, batch.seeds,
                                                sets=("high", "low"))
                 for key, probs in perturbed_probabilities(batch.model, batch.x, masks, self.fill, batch.seeds).items():
-                    self.probabilities[method].setdefault(key, []).append(probs.cpu())
+                    self.probabilities[method.name].setdefault(key, []).append(probs.cpu())
 
-    def compute(self, totals: StudyTotals) -> Tuple[dict, Intervals]:
+    def compute(self, totals: StudyTotals) -> "CurvesResult":
         alphas = [0.0, *self.points]
         index = totals.y.view(-1, 1)
         results: dict = {"fill": self.fill.name, "alphas": alphas, "methods": {}}
@@ -287,25 +468,87 @@ class DeletionCurves(Control):
                                                          - auc_resampled[f"morf_{measure}"])
                 intervals[method] = {key: percentile_interval(v) for key, v in auc_resampled.items()}
                 resampled_deltas[method] = auc_resampled
-        intervals["delta_ifim_minus"] = {measure: paired_differences({m: r[f"delta_{measure}"] for m, r in
-                                                                      resampled_deltas.items()}, "ifim")
-                                         for measure in ("f1", "prob")}
-        return {"curves": results}, {"curves": intervals}
+        intervals[f"delta_{IFIM.name}_minus"] = {
+            measure: paired_differences({m: r[f"delta_{measure}"] for m, r in resampled_deltas.items()}, IFIM.name)
+            for measure in ("f1", "prob")}
+        return CurvesResult(results, intervals)
+
+
+@dataclass
+class CurvesResult(Section):
+    """Deletion curves: ``curves`` = ``{"fill", "alphas", "methods": {method: {morf_f1, lerf_f1, morf_prob,
+    lerf_prob, auc: {...}}}}``; ``auc_intervals[method][auc key]`` and ``auc_intervals["delta_ifim_minus"]``."""
+
+    files: ClassVar[Tuple[str, ...]] = ("curves.csv", "fig_deletion_curves.png")
+    curves: dict
+    auc_intervals: dict = field(default_factory=dict)
+
+    def results(self) -> dict:
+        return {"curves": self.curves}
+
+    def intervals(self) -> Intervals:
+        return {"curves": self.auc_intervals}
+
+    def metrics(self, prefix: str) -> Dict[str, float]:
+        return {f"{prefix}_deletion_delta_auc_f1_{method}": values["auc"]["delta_f1"]
+                for method, values in self.curves["methods"].items()}
+
+    def findings(self, sections: Sections) -> List[str]:
+        """Which map orders pixels best by the deletion curves (LeRF minus MoRF AUC), iFIM's place and interval."""
+        methods = self.curves["methods"]
+        if IFIM.name not in methods:
+            return []
+        lines, differences = [], self.auc_intervals.get(f"delta_{IFIM.name}_minus", {})
+        for measure, label in (("f1", "F1"), ("prob", "true-class probability")):
+            deltas = {m: v["auc"][f"delta_{measure}"] for m, v in methods.items()}
+            claim, _ = judge(deltas, IFIM.name, differences.get(measure, {}), highest=True)
+            lines.append(f"Deletion curves ({self.curves['fill']}, alpha 0-{100 * self.curves['alphas'][-1]:g} %), "
+                         f"{label}: LeRF minus MoRF AUC is {fmt(deltas[IFIM.name])} for {IFIM.display}; the claim "
+                         f"that {IFIM.display} orders pixels best by it {claim}.")
+        return lines
+
+    def render(self, out: Path) -> List[str]:
+        methods, alphas = self.curves["methods"], self.curves["alphas"]
+        if not methods:
+            return []
+        write_csv(out / "curves.csv", ["method", "alpha", *CURVE_KEYS],
+                  [[method, alpha] + [v[key][i] for key in CURVE_KEYS]
+                   for method, v in methods.items() for i, alpha in enumerate(alphas)])
+        panels = {f"{label}, {order}": {m: v[f"{order.lower()}_{key}"] for m, v in methods.items()}
+                  for key, label in (("f1", "F1"), ("prob", "true-class probability")) for order in ("MoRF", "LeRF")}
+        save_figure_atomic(line_panels_figure([100 * a for a in alphas], panels, "pixels removed (%)",
+                                              f"Deletion curves, pixels replaced by {self.curves['fill']}: MoRF low "
+                                              "and LeRF high = a map that orders pixels by their effect"),
+                           out / "fig_deletion_curves.png")
+        keys = ("morf_f1", "lerf_f1", "delta_f1", "morf_prob", "lerf_prob", "delta_prob")
+        return ["## Deletion curves (MoRF / LeRF)", "",
+                f"Pixels removed most relevant first (MoRF; {IFIM.display}: TopK(S)) or least relevant first (LeRF; "
+                f"{IFIM.display}: BottomK(I)), replaced by {self.curves['fill']}, at alpha = "
+                + ", ".join(f"{100 * a:g}" for a in alphas) + " %. AUC: the curve's mean height over alpha. A map that "
+                "orders pixels by their effect has a low MoRF and a high LeRF curve: LeRF minus MoRF, higher is "
+                "better.", "",
+                table(["method", "MoRF F1", "LeRF F1", "LeRF - MoRF (F1)", "MoRF p(true)", "LeRF p(true)",
+                       "LeRF - MoRF (p)"],
+                      [[m] + [fmt(v["auc"][k]) + ci(self.auc_intervals.get(m, {}).get(k)) for k in keys]
+                       for m, v in methods.items()]), "", "![curves](fig_deletion_curves.png)", ""]
 
 
 class FGSMStability(Control):
     """eq. 27: per map, the Pearson correlation of the maps of x and of x_adv (explaining the clean prediction),
-    and whether the attack flipped the prediction; the paired interval of S minus every other map."""
+    and whether the attack flipped the prediction; the paired interval of S minus every other map.
+
+    Args:
+        epsilon: the FGSM step, in image intensity units.
+    """
 
     accumulators = ("flipped", "pearson")
 
-    def __init__(self, maps: Sequence[str], epsilon: float):
-        self.maps, self.epsilon = list(maps), epsilon
-        self.reset()
+    def __init__(self, epsilon: float):
+        self.epsilon = epsilon
 
     def reset(self) -> None:
         self.flipped: List[float] = []
-        self.pearson: Dict[str, List[float]] = {m: [] for m in self.maps}
+        self.pearson: Dict[str, List[float]] = {m: [] for m in self.study.maps}
 
     def update(self, batch: StudyBatch) -> None:
         with batch.timed("fgsm: attack"):
@@ -313,94 +556,79 @@ class FGSMStability(Control):
             self.flipped += (eval_logits(batch.model, x_adv).argmax(1) != batch.target).double().tolist()
         adv_maps = batch.maps_of(batch.model, x_adv, "fgsm maps")
         with batch.timed("correlations"):
-            for m in self.maps:
+            for m in self.study.maps:
                 self.pearson[m] += pearson_per_image(batch.maps[m], adv_maps[m]).tolist()
 
-    def compute(self, totals: StudyTotals) -> Tuple[dict, Intervals]:
-        results = {"fgsm": {"epsilon": self.epsilon, "flip_rate": float(np.mean(self.flipped)),
-                            "pearson": {m: mean_std(self.pearson[m]) for m in self.maps}}}
-        if totals.weights is None:
-            return results, {}
-        means = {m: resampled_means(self.pearson[m], totals.weights) for m in self.maps}
-        return results, {"fgsm_flip_rate": percentile_interval(resampled_means(self.flipped, totals.weights)),
-                         "fgsm_pearson": {m: percentile_interval(v) for m, v in means.items()},
-                         "fgsm_pearson_ifim_sensitive_minus": paired_differences(means, "ifim_sensitive")}
+    def compute(self, totals: StudyTotals) -> "FGSMResult":
+        result = FGSMResult({"epsilon": self.epsilon, "flip_rate": float(np.mean(self.flipped)),
+                             "pearson": {m: mean_std(self.pearson[m]) for m in self.study.maps}})
+        if totals.weights is not None:
+            means = {m: resampled_means(self.pearson[m], totals.weights) for m in self.study.maps}
+            result.stability_intervals = {
+                "fgsm_flip_rate": percentile_interval(resampled_means(self.flipped, totals.weights)),
+                "fgsm_pearson": {m: percentile_interval(v) for m, v in means.items()},
+                f"fgsm_pearson_{SENSITIVE}_minus": paired_differences(means, SENSITIVE)}
+        return result
 
 
-class ModelRandomization(Control):
-    """Model-parameter randomization (Adebayo et al. 2018): Spearman correlation of the maps of the model and of a
-    copy with every parameter re-initialized (seeded); high correlation: the map does not depend on what the model
-    learned."""
+@dataclass
+class FGSMResult(Section):
+    """FGSM stability: ``fgsm`` = ``{"epsilon", "flip_rate", "pearson": {map: mean_std}}``; its intervals: the flip
+    rate's, each map's mean correlation's, and the paired intervals of S minus every other map."""
 
-    accumulators = ("spearman",)
+    files: ClassVar[Tuple[str, ...]] = ("fgsm.csv", "fig4_fgsm_correlation.png")
+    fgsm: dict
+    stability_intervals: dict = field(default_factory=dict)
 
-    def __init__(self, maps: Sequence[str], seed: int = 0):
-        self.maps, self.seed = list(maps), seed
-        self._random_model: Optional[nn.Module] = None
-        self.reset()
+    def results(self) -> dict:
+        return {"fgsm": self.fgsm}
 
-    def reset(self) -> None:
-        self.spearman: Dict[str, List[float]] = {m: [] for m in self.maps}
+    def intervals(self) -> Intervals:
+        return self.stability_intervals
 
-    def __getstate__(self) -> dict:
-        """What is sent to another process: the accumulators, not the model copy."""
-        return {**self.__dict__, "_random_model": None}
+    def metrics(self, prefix: str) -> Dict[str, float]:
+        metrics = {f"{prefix}_fgsm_pearson_{name}": v["mean"] for name, v in self.fgsm["pearson"].items()}
+        return {**metrics, f"{prefix}_fgsm_flip_rate": self.fgsm["flip_rate"]}
 
-    def update(self, batch: StudyBatch) -> None:
-        if self._random_model is None:
-            self._random_model = randomized_copy(batch.model, seed=self.seed)
-        random_maps = batch.maps_of(self._random_model, batch.x, "randomized-model maps")
-        with batch.timed("correlations"):
-            for m in self.maps:
-                self.spearman[m] += spearman_per_image(batch.maps[m], random_maps[m]).tolist()
+    def verdict(self) -> Optional[str]:
+        """Fig. 4's claim (S has the lowest clean / adversarial correlation), judged with the paired interval."""
+        correlations = {m: v["mean"] for m, v in self.fgsm["pearson"].items()}
+        if SENSITIVE not in correlations:
+            return None
+        return judge(correlations, SENSITIVE, self.stability_intervals.get(f"fgsm_pearson_{SENSITIVE}_minus", {}),
+                     highest=False)[0]
 
-    def compute(self, totals: StudyTotals) -> Tuple[dict, Intervals]:
-        results = {"randomization": {m: mean_std(self.spearman[m]) for m in self.maps}}
-        if totals.weights is None:
-            return results, {}
-        return results, {"randomization": {m: percentile_interval(resampled_means(self.spearman[m], totals.weights))
-                                           for m in self.maps}}
+    def findings(self, sections: Sections) -> List[str]:
+        claim = self.verdict()
+        if claim is None:
+            return []
+        return [f"FGSM (epsilon {self.fgsm['epsilon']:g}, {fmt(100 * self.fgsm['flip_rate'], 1)} % of predictions "
+                f"flipped): the claim that the {IFIM.display} sensitive map has the lowest clean/adversarial "
+                f"correlation {claim}; its mean correlation is {fmt(self.fgsm['pearson'][SENSITIVE]['mean'])}. Low "
+                "correlation measures sensitivity to the attack, not faithfulness."]
 
+    def paper_rows(self, sections: Sections) -> List[List[str]]:
+        claim = self.verdict()
+        return [] if claim is None else [["Fig. 4: S has the lowest clean / adversarial correlation",
+                                          "holds for every task and classifier (close to 0 for OCT and X-ray)", claim]]
 
-class SignalLocalization(Control):
-    """Where a signal is known (positives carrying ``signal_center`` >= 0): each map's energy inside the disk of
-    radius ``radius_in_sigmas`` sigma against the disk's area share, the pointing game and the AUROC
-    (``scripts.metrics.signal_localization``), with intervals over the units of those images."""
-
-    accumulators = ("values", "units")
-
-    def __init__(self, maps: Sequence[str], radius_in_sigmas: float = 2.0):
-        self.maps, self.radius = list(maps), radius_in_sigmas
-        self.reset()
-
-    def reset(self) -> None:
-        self.values: Dict[str, Dict[str, List[float]]] = {m: {} for m in self.maps}
-        self.units: List[str] = []  # the unit of each image in the lists
-
-    def update(self, batch: StudyBatch) -> None:
-        known = batch.known_signals()
-        if known is None or not known.any():
-            return
-        with batch.timed("localization and overlap"):
-            centers = torch.as_tensor(batch.signal_center).to(batch.x.device).view(len(batch.x), -1).double()
-            sigmas = torch.as_tensor(batch.signal_sigma).to(batch.x.device).view(-1).double()[known]
-            self.units += [batch.units[i] for i in known.nonzero()[:, 0].tolist()]
-            for m in self.maps:
-                for key, values in signal_localization(batch.maps[m][known], centers[known], sigmas,
-                                                       self.radius).items():
-                    self.values[m].setdefault(key, []).extend(values.tolist())
-
-    def compute(self, totals: StudyTotals) -> Tuple[dict, Intervals]:
-        results = {m: {key: float(np.mean(values)) for key, values in self.values[m].items()}
-                   for m in self.maps if self.values[m]}
-        for m in results:
-            results[m]["n"] = len(self.values[m]["pointing_hit"])
-        intervals: Dict[str, Dict[str, List[float]]] = {}
-        if self.units and totals.weights is not None:
-            weights = unit_bootstrap_weights(self.units, totals.n_bootstrap, totals.seed)
-            intervals = {m: {key: percentile_interval(resampled_means(values, weights))
-                             for key, values in self.values[m].items()} for m in results}
-        return {"localization": results}, {"localization": intervals}
+    def render(self, out: Path) -> List[str]:
+        pearson = self.fgsm["pearson"]
+        write_csv(out / "fgsm.csv", ["map", "pearson_mean", "pearson_std", "n", "n_undefined"],
+                  [[m, v["mean"], v["std"], v["n"], v["n_undefined"]] for m, v in pearson.items()])
+        save_figure_atomic(grouped_bar_figure({m: [v["mean"]] for m, v in pearson.items()}, ["clean vs FGSM"],
+                                              "Pearson correlation", f"Clean / adversarial map correlation (Fig. 4), "
+                                              f"epsilon {self.fgsm['epsilon']:g}",
+                                              errors={m: [v["std"]] for m, v in pearson.items()}),
+                           out / "fig4_fgsm_correlation.png")
+        intervals = self.stability_intervals.get("fgsm_pearson", {})
+        return ["## Stability under FGSM (eq. 27, Fig. 4)", "",
+                f"epsilon = {self.fgsm['epsilon']:g}; predictions flipped: {fmt(100 * self.fgsm['flip_rate'], 1)} %"
+                f"{ci(self.stability_intervals.get('fgsm_flip_rate'), scale=100)}. Maps of x and x_adv explain the "
+                "same (clean predicted) class.", "",
+                table(["map", "Pearson mean", "std", "images", "undefined (constant map)"],
+                      [[m, fmt(v["mean"]) + ci(intervals.get(m)), fmt(v["std"]), v["n"], v["n_undefined"]]
+                       for m, v in pearson.items()]), "", "![fgsm](fig4_fgsm_correlation.png)", ""]
 
 
 class TopKOverlap(Control):
@@ -409,28 +637,60 @@ class TopKOverlap(Control):
 
     accumulators = ("overlap",)
 
-    def __init__(self, alphas: Sequence[float]):
-        self.alphas = tuple(alphas)
-        self.reset()
-
     def reset(self) -> None:
-        self.overlap: Dict[float, List[float]] = {a: [] for a in self.alphas}
+        self.overlap: Dict[float, List[float]] = {a: [] for a in self.study.alphas}
 
     def update(self, batch: StudyBatch) -> None:
-        if batch.num_classes != 2 or not {"ifim_sensitive", "vanilla_gradient"} <= set(batch.maps):
+        if batch.num_classes != 2 or not {SENSITIVE, GRADIENT} <= set(batch.maps):
             return
         with batch.timed("localization and overlap"):
-            for alpha in self.alphas:
-                top_s, _ = perturbation_masks(batch.maps["ifim_sensitive"], batch.maps["ifim_sensitive"], alpha,
-                                              batch.seeds)
-                top_g, _ = perturbation_masks(batch.maps["vanilla_gradient"], batch.maps["vanilla_gradient"], alpha,
-                                              batch.seeds)
+            for alpha in self.study.alphas:
+                top_s, _ = perturbation_masks(batch.maps[SENSITIVE], batch.maps[SENSITIVE], alpha, batch.seeds)
+                top_g, _ = perturbation_masks(batch.maps[GRADIENT], batch.maps[GRADIENT], alpha, batch.seeds)
                 overlap = (top_s & top_g).flatten(1).sum(1).double() / top_s.flatten(1).sum(1).double()
                 self.overlap[alpha] += overlap.tolist()
 
-    def compute(self, totals: StudyTotals) -> Tuple[dict, Intervals]:
-        return {"topk_overlap_ifim_sensitive_vs_gradient": {f"{a:g}": float(np.mean(v)) for a, v in
-                                                            self.overlap.items() if v}}, {}
+    def compute(self, totals: StudyTotals) -> "TopKOverlapResult":
+        return TopKOverlapResult({f"{a:g}": float(np.mean(v)) for a, v in self.overlap.items() if v})
+
+
+@dataclass
+class TopKOverlapResult(Section):
+    """``overlap[alpha]``: the mean share of S's top-k pixels that are the gradient's top-k too (C = 2)."""
+
+    overlap: Dict[str, float]
+
+    def results(self) -> dict:
+        return {f"topk_overlap_{SENSITIVE}_vs_gradient": self.overlap}
+
+    def findings(self, sections: Sections) -> List[str]:
+        """How far S and the vanilla gradient, equal rankings in exact arithmetic, agree in this run, and which of
+        the perturbed sets carries the difference of their ratios."""
+        if not self.overlap:
+            return []
+        measured = ", ".join(f"{fmt(v)} at {_percent(a)} %" for a, v in self.overlap.items())
+        line = (f"For C = 2 the {IFIM.display} sensitive map is a multiple of |grad(z_1 - z_0)| and so ranks pixels as "
+                "the vanilla gradient |grad log p| does: their top-k sets coincide in exact arithmetic. Measured mean "
+                f"top-k overlap: {measured}")
+        low = min(self.overlap.values())
+        line += "." if low >= 1.0 else (f"; the up to {fmt(100 * (1 - low), 2)} % that differ are pixels whose order "
+                                        "the float32 round-off of the two computations changes (in float64 the sets "
+                                        "agree exactly, tests/test_study.py).")
+        perturbation = sections.find(PerturbationResult)
+        gaps: Dict[str, List[float]] = {"high": [], "low": []}
+        for per_method in (perturbation.scores.values() if perturbation else []):
+            if {IFIM.name, GRADIENT} <= set(per_method):
+                for alpha in per_method[IFIM.name]:
+                    for name in gaps:
+                        gaps[name].append(abs(per_method[IFIM.name][alpha][f"f1_{name}"]
+                                              - per_method[GRADIENT][alpha][f"f1_{name}"]))
+        if gaps["high"]:
+            high, low = max(gaps["high"]), max(gaps["low"])
+            carrier = "bottom" if low > high else "top"
+            line += (f" Over every fill and fraction, F1 after perturbing the top sets differs between the two by at "
+                     f"most {fmt(high)}, after perturbing the bottom sets ({IFIM.display}'s BottomK(I), the gradient's "
+                     f"own bottom-k) by up to {fmt(low)}: the {carrier} sets carry the difference of their ratios.")
+        return [line]
 
 
 class ComplementVsImage(Control):
@@ -439,22 +699,42 @@ class ComplementVsImage(Control):
 
     accumulators = ("pearson",)
 
-    def __init__(self):
-        self.reset()
-
     def reset(self) -> None:
         self.pearson: List[float] = []
 
     def update(self, batch: StudyBatch) -> None:
-        if "ifim_complement" in batch.maps:
-            self.pearson += pearson_per_image(batch.maps["ifim_complement"],
-                                              batch.x.abs().sum(1, keepdim=True)).tolist()
+        if COMPLEMENT in batch.maps:
+            self.pearson += pearson_per_image(batch.maps[COMPLEMENT], batch.x.abs().sum(1, keepdim=True)).tolist()
 
-    def compute(self, totals: StudyTotals) -> Tuple[dict, Intervals]:
+    def compute(self, totals: StudyTotals) -> "ComplementResult":
         values = self.pearson or [math.nan]
         interval = ([math.nan, math.nan] if not self.pearson or totals.weights is None
                     else percentile_interval(resampled_means(self.pearson, totals.weights)))
-        return {"complement_vs_image": {**mean_std(values), "interval": interval}}, {}
+        return ComplementResult({**mean_std(values), "interval": interval})
+
+
+@dataclass
+class ComplementResult(Section):
+    """``correlation``: mean_std of the per-image Pearson correlation of I(x) with |x|, and its ``interval``."""
+
+    correlation: dict
+
+    def results(self) -> dict:
+        return {"complement_vs_image": self.correlation}
+
+    def findings(self, sections: Sections) -> List[str]:
+        if not self.correlation.get("n"):
+            return []
+        r = self.correlation["mean"]
+        low, high = self.correlation.get("interval", [math.nan, math.nan])
+        if r < 0.9:
+            return [f"I(x) differs from the image: its Pearson correlation with |x| averages {fmt(r)} "
+                    f"[{fmt(low)}, {fmt(high)}]."]
+        fgsm_result = sections.find(FGSMResult)
+        stability = (fgsm_result.fgsm["pearson"].get(COMPLEMENT, {}) if fgsm_result else {}).get("mean", math.nan)
+        return [f"I(x) is close to the image itself: its Pearson correlation with |x| averages {fmt(r)} "
+                f"[{fmt(low)}, {fmt(high)}], so x_sens is a small part of x and I's stability under FGSM "
+                f"({fmt(stability)}) is mostly the image's own, not evidence about the decomposition."]
 
 
 class Detectability(Control):
@@ -465,7 +745,6 @@ class Detectability(Control):
 
     def __init__(self, bins: Sequence[float] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35)):
         self.bins = tuple(bins)
-        self.reset()
 
     def reset(self) -> None:
         self.amplitudes: List[float] = []  # per image (0: no signal, NaN: unknown)
@@ -475,11 +754,11 @@ class Detectability(Control):
                       else torch.as_tensor(batch.signal_amplitude).view(-1).double().cpu())
         self.amplitudes += amplitudes.tolist()
 
-    def compute(self, totals: StudyTotals) -> Tuple[dict, Intervals]:
+    def compute(self, totals: StudyTotals) -> "DetectabilityResult":
         amplitudes = np.asarray(self.amplitudes, dtype=np.float64)
         positive = (totals.y.numpy() == 1) & np.isfinite(amplitudes) & (amplitudes > 0)
         if not positive.any() or len(self.bins) < 2:
-            return {"detectability": {}}, {}
+            return DetectabilityResult({})
         hits = (totals.clean.numpy() == 1).astype(np.float64)
         units = np.asarray(totals.units)
         bins = []
@@ -494,4 +773,216 @@ class Detectability(Control):
             bins.append({"low": low, "high": high, "n": int(inside.sum()), "recall": float(hits[inside].mean()),
                          "interval": percentile_interval(resampled)})
         outside = int(positive.sum()) - sum(b["n"] for b in bins)
-        return {"detectability": {"bins": bins, "n_positives": int(positive.sum()), "outside_bins": outside}}, {}
+        return DetectabilityResult({"bins": bins, "n_positives": int(positive.sum()), "outside_bins": outside})
+
+
+@dataclass
+class DetectabilityResult(Section):
+    """``curve`` = ``{"bins": [{low, high, n, recall, interval}], "n_positives", "outside_bins"}`` (empty without
+    amplitudes)."""
+
+    files: ClassVar[Tuple[str, ...]] = ("detectability.csv", "fig_detectability.png")
+    curve: dict
+
+    def results(self) -> dict:
+        return {"detectability": self.curve}
+
+    def _filled(self) -> List[dict]:
+        return [b for b in self.curve.get("bins", []) if b["n"]]
+
+    def findings(self, sections: Sections) -> List[str]:
+        bins = self._filled()
+        if len(bins) < 2:
+            return []
+        first, last = bins[0], bins[-1]
+        trend = ("rises" if last["recall"] > first["recall"] else "falls" if last["recall"] < first["recall"]
+                 else "stays")
+        return [f"Detectability: recall {trend} from {fmt(first['recall'])} [{fmt(first['interval'][0])}, "
+                f"{fmt(first['interval'][1])}] for signal amplitudes {first['low']:g}-{first['high']:g} to "
+                f"{fmt(last['recall'])} [{fmt(last['interval'][0])}, {fmt(last['interval'][1])}] for "
+                f"{last['low']:g}-{last['high']:g}."]
+
+    def render(self, out: Path) -> List[str]:
+        if not self.curve.get("bins"):
+            return []
+        write_csv(out / "detectability.csv", ["amplitude_low", "amplitude_high", "n", "recall", "low", "high"],
+                  [[b["low"], b["high"], b["n"], b["recall"], *b["interval"]] for b in self.curve["bins"]])
+        lines = ["## Detectability: recall by signal amplitude", "",
+                 f"Clean predictions of the {self.curve['n_positives']} signal-present test images, by the amplitude "
+                 "of the inserted signal (95 % unit-bootstrap intervals).", "",
+                 table(["amplitude", "images", "recall"],
+                       [[f"{b['low']:g}-{b['high']:g}", b["n"],
+                         fmt(b["recall"]) + (ci(b["interval"]) if b["n"] else "")] for b in self.curve["bins"]]), ""]
+        bins = self._filled()
+        if bins:
+            band = {"recall": ([b["interval"][0] for b in bins], [b["interval"][1] for b in bins])}
+            save_figure_atomic(line_panels_figure([(b["low"] + b["high"]) / 2 for b in bins],
+                                                  {"clean test images": {"recall": [b["recall"] for b in bins]}},
+                                                  "signal amplitude (bin centre)",
+                                                  "Detectability: recall by signal amplitude (95 % interval shaded)",
+                                                  bands={"clean test images": band}), out / "fig_detectability.png")
+            lines += ["![detectability](fig_detectability.png)", ""]
+        return lines
+
+
+class SignalLocalization(Control):
+    """Where a signal is known (positives carrying ``signal_center`` >= 0): each map's energy inside the disk of
+    radius ``radius_in_sigmas`` sigma against the disk's area share, the pointing game and the AUROC
+    (``scripts.metrics.signal_localization``), with intervals over the units of those images."""
+
+    accumulators = ("values", "units")
+
+    def __init__(self, radius_in_sigmas: float = 2.0):
+        self.radius = radius_in_sigmas
+
+    def reset(self) -> None:
+        self.values: Dict[str, Dict[str, List[float]]] = {m: {} for m in self.study.maps}
+        self.units: List[str] = []  # the unit of each image in the lists
+
+    def update(self, batch: StudyBatch) -> None:
+        known = batch.known_signals()
+        if known is None or not known.any():
+            return
+        with batch.timed("localization and overlap"):
+            centers = torch.as_tensor(batch.signal_center).to(batch.x.device).view(len(batch.x), -1).double()
+            sigmas = torch.as_tensor(batch.signal_sigma).to(batch.x.device).view(-1).double()[known]
+            self.units += [batch.units[i] for i in known.nonzero()[:, 0].tolist()]
+            for m in self.study.maps:
+                for key, values in signal_localization(batch.maps[m][known], centers[known], sigmas,
+                                                       self.radius).items():
+                    self.values[m].setdefault(key, []).extend(values.tolist())
+
+    def compute(self, totals: StudyTotals) -> "LocalizationResult":
+        results = {m: {key: float(np.mean(values)) for key, values in self.values[m].items()}
+                   for m in self.study.maps if self.values[m]}
+        for m in results:
+            results[m]["n"] = len(self.values[m]["pointing_hit"])
+        intervals: Dict[str, Dict[str, List[float]]] = {}
+        if self.units and totals.weights is not None:
+            weights = unit_bootstrap_weights(self.units, totals.n_bootstrap, totals.seed)
+            intervals = {m: {key: percentile_interval(resampled_means(values, weights))
+                             for key, values in self.values[m].items()} for m in results}
+        return LocalizationResult(results, intervals, self.radius)
+
+
+@dataclass
+class LocalizationResult(Section):
+    """``per_map[map]`` = ``{energy_fraction, area_fraction, pointing_hit, auroc, n}`` over the positives with a
+    known signal, ``per_map_intervals`` in the same layout; ``radius``: the disk's radius in sigmas."""
+
+    files: ClassVar[Tuple[str, ...]] = ("localization.csv", "fig_localization.png")
+    per_map: Dict[str, dict]
+    per_map_intervals: Dict[str, dict] = field(default_factory=dict)
+    radius: float = 2.0
+
+    def results(self) -> dict:
+        return {"localization": self.per_map}
+
+    def intervals(self) -> Intervals:
+        return {"localization": self.per_map_intervals}
+
+    def findings(self, sections: Sections) -> List[str]:
+        gain = {m: v["energy_fraction"] / v["area_fraction"] for m, v in self.per_map.items() if v["area_fraction"]}
+        winner = best(gain, highest=True)
+        if winner is None:
+            return []
+        return [f"Localization: {winner} puts the most map energy on the known signal, {fmt(gain[winner], 1)} times "
+                f"a uniform map's share; {IFIM.display} sensitive: {fmt(gain.get(SENSITIVE, math.nan), 1)} times."]
+
+    def render(self, out: Path) -> List[str]:
+        if not self.per_map:
+            return []
+        loc = self.per_map
+        write_csv(out / "localization.csv", ["map", "energy_fraction", "area_fraction", "pointing_hit", "n"],
+                  [[m, v["energy_fraction"], v["area_fraction"], v["pointing_hit"], v["n"]] for m, v in loc.items()])
+        save_figure_atomic(grouped_bar_figure({m: [v["energy_fraction"], v["pointing_hit"]] for m, v in loc.items()},
+                                              ["energy inside signal disk", "pointing-game hit rate"], "fraction",
+                                              "Localization of the known signal (disk area fraction dashed)",
+                                              reference=float(np.mean([v["area_fraction"] for v in loc.values()]))),
+                           out / "fig_localization.png")
+
+        def interval(m: str, key: str) -> str:
+            return ci(self.per_map_intervals.get(m, {}).get(key))
+
+        return ["## Localization of the known signal", "",
+                f"Share of map energy inside the disk of radius {self.radius:g} sigma around the inserted signal, that "
+                "disk's area share (what a uniform map scores), and the pointing-game hit rate, over positives.", "",
+                table(["map", "energy inside", "area share", "energy / area", "pointing hit", "images"],
+                      [[m, fmt(v["energy_fraction"]) + interval(m, "energy_fraction"), fmt(v["area_fraction"]),
+                        fmt(v["energy_fraction"] / v["area_fraction"] if v["area_fraction"] else math.nan, 2),
+                        fmt(v["pointing_hit"]) + interval(m, "pointing_hit"), v["n"]] for m, v in loc.items()]), "",
+                "![localization](fig_localization.png)", ""]
+
+
+class ModelRandomization(Control):
+    """Model-parameter randomization (Adebayo et al. 2018): Spearman correlation of the maps of the model and of a
+    copy with every parameter re-initialized (seeded by the study's seed); high correlation: the map does not depend
+    on what the model learned."""
+
+    accumulators = ("spearman",)
+
+    def __init__(self):
+        self._random_model: Optional[nn.Module] = None
+
+    def reset(self) -> None:
+        self.spearman: Dict[str, List[float]] = {m: [] for m in self.study.maps}
+
+    def __getstate__(self) -> dict:
+        """What is sent to another process: the accumulators, not the model copy."""
+        return {**self.__dict__, "_random_model": None}
+
+    def update(self, batch: StudyBatch) -> None:
+        if self._random_model is None:
+            self._random_model = randomized_copy(batch.model, seed=self.study.seed)
+        random_maps = batch.maps_of(self._random_model, batch.x, "randomized-model maps")
+        with batch.timed("correlations"):
+            for m in self.study.maps:
+                self.spearman[m] += spearman_per_image(batch.maps[m], random_maps[m]).tolist()
+
+    def compute(self, totals: StudyTotals) -> "RandomizationResult":
+        result = RandomizationResult({m: mean_std(self.spearman[m]) for m in self.study.maps})
+        if totals.weights is not None:
+            result.per_map_intervals = {m: percentile_interval(resampled_means(self.spearman[m], totals.weights))
+                                        for m in self.study.maps}
+        return result
+
+
+@dataclass
+class RandomizationResult(Section):
+    """``per_map[map]``: mean_std of the Spearman correlation of its maps under the trained and the randomized
+    model; ``per_map_intervals[map]``: the mean's interval."""
+
+    files: ClassVar[Tuple[str, ...]] = ("randomization.csv", "fig_randomization.png")
+    per_map: Dict[str, dict]
+    per_map_intervals: Optional[Dict[str, List[float]]] = None
+
+    def results(self) -> dict:
+        return {"randomization": self.per_map}
+
+    def intervals(self) -> Intervals:
+        return {} if self.per_map_intervals is None else {"randomization": self.per_map_intervals}
+
+    def findings(self, sections: Sections) -> List[str]:
+        means = {m: v["mean"] for m, v in self.per_map.items()}
+        failing = sorted(m for m, v in means.items() if v is not None and math.isfinite(v) and v > 0.5)
+        if not failing:
+            return []
+        return ["Model randomization: the maps of " + ", ".join(failing) + " keep a rank correlation above 0.5 with "
+                "those of a randomly initialised copy, so they depend little on what the model learned."]
+
+    def render(self, out: Path) -> List[str]:
+        per_map = self.per_map
+        write_csv(out / "randomization.csv", ["map", "spearman_mean", "spearman_std", "n", "n_undefined"],
+                  [[m, v["mean"], v["std"], v["n"], v["n_undefined"]] for m, v in per_map.items()])
+        save_figure_atomic(grouped_bar_figure({m: [v["mean"]] for m, v in per_map.items()}, ["trained vs random"],
+                                              "Spearman correlation", "Model-randomization sanity check (lower = "
+                                              "map depends on the learned weights)",
+                                              errors={m: [v["std"]] for m, v in per_map.items()}),
+                           out / "fig_randomization.png")
+        intervals = self.per_map_intervals or {}
+        return ["## Model-parameter randomization sanity check", "",
+                "Spearman correlation between the maps of the trained model and of a copy with every parameter "
+                "re-initialised (Adebayo et al. 2018). A map that passes changes: low correlation.", "",
+                table(["map", "Spearman mean", "std", "images", "undefined"],
+                      [[m, fmt(v["mean"]) + ci(intervals.get(m)), fmt(v["std"]), v["n"], v["n_undefined"]]
+                       for m, v in per_map.items()]), "", "![randomization](fig_randomization.png)", ""]

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, List, Sequence
 
 import torch.distributed as dist
+from monai.utils import optional_import
 
 from .atomic import new_run_dir
 
-__all__ = ["rank", "world_size", "is_main", "shard", "broadcast_object", "shared_run_dir", "gather_objects", "barrier"]
+__all__ = ["rank", "world_size", "is_main", "shard", "broadcast_object", "shared_run_dir", "gather_objects", "barrier",
+           "handlers_for_rank"]
 
 
 def _active() -> bool:
@@ -69,3 +71,20 @@ def gather_objects(value: Any) -> List[Any]:
 def barrier() -> None:
     if _active():
         dist.barrier()
+
+
+def handlers_for_rank(handlers: Sequence[Any], every_rank: Sequence[str]) -> List[Any]:
+    """The handlers this process attaches: all of them on rank 0; elsewhere those of the classes ``every_rank``
+    names by dotted path (``scripts.handlers.AttributionStudyHandler``), which must run on every rank (they load
+    weights or take part in a gathering). A path that names no class, or a class none of ``handlers`` is, is an
+    error: a renamed or removed handler fails here, on every rank, not silently under ``torchrun``."""
+    kinds = []
+    for path in every_rank:
+        module, _, name = str(path).rpartition(".")
+        kind, found = optional_import(module, name=name)
+        if not found or not isinstance(kind, type):
+            raise ValueError(f"every_rank: {path!r} names no class.")
+        if not any(isinstance(h, kind) for h in handlers):
+            raise ValueError(f"every_rank: none of the handlers is a {path} ({[type(h).__name__ for h in handlers]}).")
+        kinds.append(kind)
+    return list(handlers) if is_main() else [h for h in handlers if isinstance(h, tuple(kinds))]

@@ -3,7 +3,8 @@
 """What a user sees when a bundle run fails: one line naming the file or key and what is wrong, not the ~150 lines
 of MONAI's config resolver, ignite and the transforms; the full traceback goes to a log file.
 
-The configs call :func:`install_error_summary` in ``initialize``, so it covers everything ``run`` does.
+The configs call :func:`install_error_summary` as the first step of ``run`` (``error_summary``), so it covers
+everything the run does.
 """
 
 from __future__ import annotations

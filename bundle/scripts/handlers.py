@@ -7,8 +7,6 @@
   and ``run.json`` (what ran, counts, time).
 * :class:`IFIMHandler`: each batch's decomposition on ``engine.state.ifim``, for evaluators whose inferer must
   return plain logits (validation with metrics).
-* :class:`PerturbationMetricsHandler`: the contrastive pixel-perturbation study (eq. 23-26) over each epoch,
-  reported in ``engine.state.metrics`` so ``StatsHandler`` and ``TensorBoardStatsHandler`` log it.
 * :class:`AttributionStudyHandler`: the paper's comparison of iFIM with every baseline map and the controls
   (:class:`scripts.study.AttributionStudy`), written as a report (:func:`scripts.report.write_report`).
 
@@ -34,14 +32,13 @@ from torch import nn
 
 from . import distributed
 from .atomic import append_csv_rows, atomic_write, write_csv
-from .controls import ContrastivePerturbation, StudyBatch, StudyTotals
-from .ifim import ifim_decompose
-from .metrics import Fill, GaussianFill, image_seeds
+from .checkpoints import model_stamp_path, read_checkpoint
+from .ifim import DEFAULT_RHO, ifim_decompose
 from .report import write_report
-from .study import STUDY_MAPS, AttributionStudy
+from .study import AttributionStudy
 
-__all__ = ["IFIMCSVSaver", "IFIMHandler", "PerturbationMetricsHandler", "AttributionStudyHandler",
-           "CheckedCheckpointLoader", "StampedCheckpointSaver", "model_stamp_path", "batch_images"]
+__all__ = ["IFIMCSVSaver", "IFIMHandler", "AttributionStudyHandler", "CheckedCheckpointLoader",
+           "StampedCheckpointSaver", "batch_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +210,7 @@ class IFIMHandler:
         state_key: attribute of ``engine.state`` that receives the batch's result.
     """
 
-    def __init__(self, rho: float = 0.9, head: str = "softmax", model: Optional[nn.Module] = None,
+    def __init__(self, rho: float = DEFAULT_RHO, head: str = "softmax", model: Optional[nn.Module] = None,
                  image_key: str = "image", state_key: str = "ifim"):
         self.rho, self.head, self.model = rho, head, model
         self.image_key, self.state_key = image_key, state_key
@@ -228,84 +225,15 @@ class IFIMHandler:
         setattr(engine.state, self.state_key, result)
 
 
-class PerturbationMetricsHandler:
-    """The contrastive pixel-perturbation study (eq. 23-26) with iFIM maps, over every epoch of an evaluator.
-
-    Per batch: S(x) = |x_sens| and I(x) = |x_comp| (summed over channels), then the predictions on images whose
-    top-k pixels of S, bottom-k of I and k random pixels were replaced by ``fill`` (default N(noise_mean, noise_std^2)
-    noise, ``scripts.metrics.GaussianFill``; or ROAD's ``NoisyLinearImputation``), seeded by ``seed`` and each image
-    (``scripts.metrics.image_seeds``): the study's own accumulator, ``scripts.controls.ContrastivePerturbation``.
-    At the end of the epoch, into
-    ``engine.state.metrics``: ``<prefix>_ratio_<a>`` (F1_low / F1_high at alpha = a %), ``<prefix>_drop_high_<a>``,
-    ``<prefix>_drop_low_<a>``, ``<prefix>_drop_random_<a>`` and ``<prefix>_f1_clean``. F1 is of class 1 for a
-    binary task, macro-averaged otherwise.
-
-    Args:
-        alphas: fractions of pixels (paper: 1, 2 and 3 %).
-        rho, head: as in :func:`scripts.ifim.ifim_decompose`.
-        noise_mean, noise_std, fill: what replaces the pixels (``fill``, when given, instead of the Gaussian).
-        model: the classifier; default ``engine.network``.
-        image_key, label_key: batch keys.
-        prefix: metric-name prefix.
-    """
-
-    def __init__(self, alphas: Sequence[float] = (0.01, 0.02, 0.03), rho: float = 0.9, head: str = "softmax",
-                 noise_mean: float = 0.0, noise_std: float = 1.0, seed: int = 0, model: Optional[nn.Module] = None,
-                 image_key: str = "image", label_key: str = "label", prefix: str = "ifim_perturbation",
-                 fill: Optional[Fill] = None):
-        self.rho, self.head, self.seed = rho, head, seed
-        self.fill = GaussianFill(noise_mean, noise_std) if fill is None else fill
-        self.control = ContrastivePerturbation(["ifim"], alphas, [self.fill])  # the study's own accumulator
-        self.model, self.image_key, self.label_key, self.prefix = model, image_key, label_key, prefix
-        self.labels: List[torch.Tensor] = []
-        self.probabilities: List[torch.Tensor] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._compute)
-
-    def _reset(self, engine: Engine) -> None:
-        self.control.reset()
-        self.labels, self.probabilities = [], []
-
-    def __call__(self, engine: Engine) -> None:
-        images = batch_images(engine, self.image_key)
-        labels = _batch_labels(_batch_items(engine), self.label_key)
-        model = _model_of(engine, self.model)
-        images = images.to(_device_of(model))
-        result = ifim_decompose(model, images, rho=self.rho, head=self.head)
-        sensitive, complement = result.maps()
-        self.control.update(StudyBatch(model, images, labels.to(images.device), result.probs.argmax(1),
-                                       image_seeds(images, self.seed), [], {"ifim_sensitive": sensitive,
-                                                                            "ifim_complement": complement},
-                                       int(result.probs.shape[1])))
-        self.labels.append(labels)
-        self.probabilities.append(result.probs.detach().double().cpu())
-
-    def _compute(self, engine: Engine) -> None:
-        if not self.labels:
-            return
-        probabilities = torch.cat(self.probabilities)
-        totals = StudyTotals(torch.cat(self.labels), probabilities, [], int(probabilities.shape[1]))
-        scores = self.control.compute(totals)[0]["perturbation"][self.fill.tag]["ifim"]
-        metrics = engine.state.metrics
-        for alpha, values in scores.items():
-            tag = f"{100 * float(alpha):g}"
-            metrics[f"{self.prefix}_ratio_{tag}"] = values["ratio"]
-            for name in ("high", "low", "random"):
-                metrics[f"{self.prefix}_drop_{name}_{tag}"] = values[f"drop_{name}"]
-            metrics[f"{self.prefix}_f1_clean"] = values["f1_clean"]
-
-
 class AttributionStudyHandler:
     """Compare iFIM with every baseline map over an evaluator's epoch and write the report (Sec. IV-E/F, Fig. 1-4).
 
-    Per batch (until ``max_images``): :meth:`scripts.study.AttributionStudy.update` with the batch's images, labels
-    and, when the batch carries them, the known signal's ``center_key`` / ``sigma_key``. At the end of the epoch:
-    the results on ``engine.state.<state_key>``, headline numbers in ``engine.state.metrics``
-    (``<prefix>_ratio_<method>_<a>``, ``<prefix>_fgsm_pearson_<map>``, ``<prefix>_fgsm_flip_rate``), and the report
-    in ``report_dir`` with the evaluator's other metrics and the optional Table II (``seed_table``).
+    Per batch (until the study's ``max_images``): :meth:`scripts.study.AttributionStudy.update` with the batch's
+    images, labels and, when the batch carries them, the known signal's ``center_key`` / ``sigma_key`` /
+    ``amplitude_key`` and each image's ``unit_key``. At the end of the epoch: the results
+    (:class:`scripts.study.StudyResults`) on ``engine.state.<state_key>``, every section's headline numbers in
+    ``engine.state.metrics`` (``<prefix>_ratio_<fill>_<method>_<a>``, ``<prefix>_fgsm_pearson_<map>``, ...), and
+    the report in ``report_dir`` with the evaluator's other metrics and the optional Table II (``seed_table``).
 
     Under ``torchrun`` (the evaluator's data shared out by a strided ``DistributedSampler``, as
     ``multi_gpu_evaluate.yaml`` does), every process studies its share, the studies are gathered and merged at the
@@ -313,33 +241,25 @@ class AttributionStudyHandler:
     first images of the whole dataset, as in one process.
 
     Args:
+        study: the :class:`scripts.study.AttributionStudy` with its controls (``configs/evaluate.yaml`` builds it).
         report_dir: where the report goes (its own files replaced at each epoch end, nothing else touched); None
             computes only.
-        methods, alphas, noise_models, epsilon, seed, rho, max_images, n_examples, background, curve_alphas,
-            curve_fill, amplitude_bins: see :class:`scripts.study.AttributionStudy`.
         model: the classifier; default ``engine.network``.
-        unit_key: batch key of each image's independent unit (``scripts.tasks.task_unit_key``: slice, subject or
+        unit_key: batch key of each image's independent unit (``scripts.tasks.Task.unit_key``: slice, subject or
             patient), the unit the report's bootstrap intervals resample; None: each image its own unit.
         seed_table: Table II (:func:`scripts.table2.seed_table`), shown in the report.
         context: run settings shown at the top of the report.
     """
 
-    def __init__(self, report_dir: Optional[os.PathLike] = None, methods: Sequence[str] = STUDY_MAPS,
-                 alphas: Sequence[float] = (0.01, 0.02, 0.03), noise_models: Optional[Sequence[Fill]] = None,
-                 epsilon: float = 0.01, seed: int = 0, rho: float = 0.9, max_images: Optional[int] = None,
-                 n_examples: int = 4, model: Optional[nn.Module] = None, image_key: str = "image",
-                 label_key: str = "label", center_key: str = "signal_center", sigma_key: str = "signal_sigma",
-                 amplitude_key: str = "signal_amplitude", seed_table: Optional[dict] = None,
-                 context: Optional[Mapping[str, Any]] = None, state_key: str = "study", prefix: str = "study",
-                 background: Optional[torch.Tensor] = None, unit_key: Optional[str] = None,
-                 curve_alphas: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5), curve_fill: Optional[Fill] = None,
-                 amplitude_bins: Sequence[float] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35)):
+    def __init__(self, study: AttributionStudy, report_dir: Optional[os.PathLike] = None,
+                 model: Optional[nn.Module] = None, image_key: str = "image", label_key: str = "label",
+                 center_key: str = "signal_center", sigma_key: str = "signal_sigma",
+                 amplitude_key: str = "signal_amplitude", unit_key: Optional[str] = None,
+                 seed_table: Optional[dict] = None, context: Optional[Mapping[str, Any]] = None,
+                 state_key: str = "study", prefix: str = "study"):
+        self.study = study
         self.report_dir = None if report_dir is None else Path(report_dir)
-        self.study = AttributionStudy(methods, alphas, noise_models=noise_models, epsilon=epsilon, seed=seed, rho=rho,
-                                      max_images=max_images, n_examples=n_examples, background=background,
-                                      curve_alphas=curve_alphas, curve_fill=curve_fill,
-                                      amplitude_bins=amplitude_bins)
-        self.max_images, self.unit_key = max_images, unit_key
+        self.max_images, self.unit_key = study.max_images, unit_key
         self.model, self.image_key, self.label_key = model, image_key, label_key
         self.center_key, self.sigma_key, self.amplitude_key = center_key, sigma_key, amplitude_key
         self.seed_table, self.context = seed_table, dict(context or {})
@@ -382,26 +302,13 @@ class AttributionStudyHandler:
         if not self.study.labels:
             return
         results = self.study.compute()
-        results["units"]["key"] = self.unit_key
+        results.unit_key = self.unit_key
         setattr(engine.state, self.state_key, results)
         metrics = engine.state.metrics
-        for tag, per_method in results["perturbation"].items():
-            for method, per_alpha in per_method.items():
-                for alpha, values in per_alpha.items():
-                    metrics[f"{self.prefix}_ratio_{tag}_{method}_{100 * float(alpha):g}"] = values["ratio"]
-        for method, values in (results["curves"].get("methods") or {}).items():
-            metrics[f"{self.prefix}_deletion_delta_auc_f1_{method}"] = values["auc"]["delta_f1"]
-        for name, values in results["fgsm"]["pearson"].items():
-            metrics[f"{self.prefix}_fgsm_pearson_{name}"] = values["mean"]
-        metrics[f"{self.prefix}_fgsm_flip_rate"] = results["fgsm"]["flip_rate"]
+        test_metrics = {k: v for k, v in metrics.items() if not k.startswith(self.prefix)}
+        metrics.update(results.metrics(self.prefix))
         if self.report_dir is not None and distributed.is_main():
-            test_metrics = {k: v for k, v in metrics.items() if not k.startswith(self.prefix)}
             write_report(self.report_dir, results, self.study.examples, test_metrics, self.seed_table, self.context)
-
-
-def model_stamp_path(checkpoint: os.PathLike) -> Path:
-    """The stamp beside a checkpoint: ``model.pt`` -> ``model.json``."""
-    return Path(checkpoint).with_suffix(".json")
 
 
 class StampedCheckpointSaver(CheckpointSaver):
@@ -429,7 +336,8 @@ class StampedCheckpointSaver(CheckpointSaver):
 
 class CheckedCheckpointLoader(CheckpointLoader):
     """MONAI's ``CheckpointLoader`` (``torch.load(..., weights_only=True)``) whose errors name the checkpoint and say
-    what is wrong, when the config is instantiated (before any output is written) where they can be told then:
+    what is wrong, when the config is instantiated (before any output is written) where they can be told then
+    (``scripts.checkpoints.read_checkpoint``):
 
     * a missing file;
     * a file that is not a readable PyTorch checkpoint (empty, truncated, or not weights only);
@@ -439,18 +347,9 @@ class CheckedCheckpointLoader(CheckpointLoader):
     """
 
     def __init__(self, load_path: str, load_dict: Dict, expected: Optional[Mapping[str, Any]] = None, **kwargs):
-        if not Path(load_path).is_file():
-            raise FileNotFoundError(f"checkpoint not found: {load_path} (train first with configs/train.yaml, or "
-                                    "set ckpt_path).")
-        try:
-            torch.load(load_path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            text = str(err).strip().splitlines()
-            raise ValueError(f"checkpoint {load_path} cannot be read: {type(err).__name__}"
-                             f"{': ' + text[0] if text else ''} (an empty or truncated file, or not a PyTorch "
-                             "weights file).") from err
-        _check_stamp(load_path, expected or {})
+        read_checkpoint(load_path, expected)
         super().__init__(load_path, load_dict, **kwargs)
+        self.expected = dict(expected or {})
 
     def __call__(self, engine: Engine) -> None:
         try:
@@ -459,22 +358,3 @@ class CheckedCheckpointLoader(CheckpointLoader):
             names = ", ".join(type(obj).__name__ for obj in self.load_dict.values())
             raise RuntimeError(f"checkpoint {self.load_path} does not fit the network ({names}): it was saved from "
                                f"another network or configuration. {str(err).splitlines()[0]}") from err
-
-
-def _check_stamp(checkpoint: os.PathLike, expected: Mapping[str, Any]) -> None:
-    if not expected:
-        return
-    path = model_stamp_path(checkpoint)
-    if not path.is_file():
-        logger.warning("checkpoint %s has no stamp %s: cannot check it was trained for %s.", checkpoint, path.name,
-                       dict(expected))
-        return
-    try:
-        stamp = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"checkpoint stamp {path} cannot be read: {err}") from err
-    wrong = {k: (stamp[k], v) for k, v in expected.items() if k in stamp and str(stamp[k]) != str(v)}
-    if wrong:
-        said = ", ".join(f"{k} {old!r} (this run: {new!r})" for k, (old, new) in wrong.items())
-        raise ValueError(f"checkpoint {checkpoint} was trained for {said}, as {path.name} records; run with the "
-                         "checkpoint's settings or pass --ckpt_path of a model trained for this run's.")

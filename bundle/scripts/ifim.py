@@ -37,21 +37,23 @@ The decomposition, eq. 13-17: ``k`` is the smallest K whose leading eigenvalues 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 import weakref
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["IFIMResult", "ifim_decompose", "fisher_quadratic", "predictive_probs", "eval_mode", "HEADS",
+from .borrowing import borrowed
+
+__all__ = ["DEFAULT_RHO", "IFIMResult", "ifim_decompose", "fisher_quadratic", "predictive_probs", "HEADS",
            "auto_chunk_size", "activation_bytes", "last_level_cache_bytes"]
 
 HEADS = ("softmax", "sigmoid")
+DEFAULT_RHO = 0.9  # the energy threshold of eq. 13 unless a caller or config sets one
 
 
 @dataclass
@@ -141,24 +143,6 @@ def _check_logits(logits: torch.Tensor, batch: int, head: str) -> None:
         raise ValueError("the model returned NaN or Inf logits; the iFIM is undefined there.")
 
 
-@contextlib.contextmanager
-def eval_mode(model: Callable, grad: bool = True) -> Iterator[None]:
-    """Run ``model`` in eval mode with autograd on (``grad=True``) or off; afterwards every submodule's training
-    flag is what it was. Restoring per submodule (not ``model.train(flag)``) keeps mixed modes, e.g. a frozen,
-    eval-mode backbone inside a training model. A plain callable only gets the autograd setting."""
-    modes = {m: m.training for m in model.modules()} if isinstance(model, nn.Module) else {}
-    if isinstance(model, nn.Module):
-        model.eval()
-    try:
-        # inference_mode(False): under a caller's torch.inference_mode() autograd records nothing, and every
-        # gradient would silently be zero
-        with torch.inference_mode(False), torch.enable_grad() if grad else torch.no_grad():
-            yield
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
-
-
 def predictive_probs(logits: torch.Tensor, head: str = "softmax") -> torch.Tensor:
     """Predictive probabilities in float64, ``(B, C)``: softmax (eq. 1) or per-output sigmoid."""
     _check_head(head)
@@ -228,7 +212,7 @@ def _energy_k(eigenvalues: torch.Tensor, rank: torch.Tensor, rho: float) -> torc
 def ifim_decompose(
     model: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
-    rho: float = 0.9,
+    rho: float = DEFAULT_RHO,
     head: str = "softmax",
     rtol: Optional[float] = None,
     chunk_size: Optional[int] = None,
@@ -310,7 +294,7 @@ def activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
         handles = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
         try:
-            with eval_mode(model, grad=False):
+            with borrowed(model, grad=False):
                 model(_autograd_input(x[:1]))
         finally:
             for handle in handles:
@@ -337,7 +321,7 @@ def auto_chunk_size(model: Callable, x: torch.Tensor) -> int:
 def _decompose(model: Callable, x: torch.Tensor, rho: float, head: str, rtol: Optional[float]) -> IFIMResult:
     """:func:`ifim_decompose` of one chunk, its inputs already checked."""
     batch = x.shape[0]
-    with eval_mode(model):
+    with borrowed(model):
         x_leaf = _autograd_input(x).requires_grad_(True)
         logits = model(x_leaf)
         _check_logits(logits, batch, head)
@@ -405,7 +389,7 @@ def fisher_quadratic(
     _check_input(delta, "delta")
     if delta.shape != x.shape:
         raise ValueError(f"delta must be shaped like x {tuple(x.shape)}, got {tuple(delta.shape)}.")
-    with eval_mode(model):
+    with borrowed(model):
         logits, directional = torch.func.jvp(model, (_autograd_input(x),), (_autograd_input(delta).to(x.dtype),))
     _check_logits(logits, x.shape[0], head)
     probs = predictive_probs(logits, head)

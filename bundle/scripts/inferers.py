@@ -4,7 +4,7 @@
 preprocessing -> inferer -> postprocessing like any model-zoo bundle, and MONAI Label or a user's own evaluator can
 reuse it::
 
-    inferer = IFIMInferer(rho=0.9)
+    inferer = IFIMInferer()          # rho: scripts.ifim.DEFAULT_RHO
     out = inferer(images, network)   # images: (B, C_in, *spatial)
     out["logits"], out["x_sens"], out["eigenvalues"], ...
 
@@ -20,11 +20,9 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
-from .ifim import ifim_decompose
+from .ifim import DEFAULT_RHO, ifim_decompose
 
-__all__ = ["IFIMInferer", "SelectOutput", "OUTPUT_KEYS"]
-
-OUTPUT_KEYS = ("logits", "probs", "eigenvalues", "rank", "k", "x_sens", "x_comp")
+__all__ = ["IFIMInferer", "SelectOutput"]
 
 
 class SelectOutput(nn.Module):
@@ -56,7 +54,7 @@ class IFIMInferer(Inferer):
     ``torch.no_grad()``.
 
     Args:
-        rho: energy threshold of eq. 13.
+        rho: energy threshold of eq. 13; None: :data:`scripts.ifim.DEFAULT_RHO`.
         head: ``"softmax"`` or ``"sigmoid"`` (multi-label).
         rtol: relative tolerance of the numerical rank; default ``C * eps``.
         output_key: which entry of a tuple / dict network output holds the logits (:class:`SelectOutput`); None for
@@ -67,10 +65,11 @@ class IFIMInferer(Inferer):
     and ``x_comp`` shaped like ``inputs`` (plain tensors: the inputs' meta stays with the inputs).
     """
 
-    def __init__(self, rho: float = 0.9, head: str = "softmax", rtol: Optional[float] = None,
+    def __init__(self, rho: Optional[float] = None, head: str = "softmax", rtol: Optional[float] = None,
                  output_key: Optional[Union[int, str]] = None):
         super().__init__()
-        self.rho, self.head, self.rtol, self.output_key = rho, head, rtol, output_key
+        self.rho = DEFAULT_RHO if rho is None else rho
+        self.head, self.rtol, self.output_key = head, rtol, output_key
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
                  ) -> Dict[str, torch.Tensor]:

@@ -5,9 +5,8 @@
 Maps are ``(B, 1, *spatial)`` magnitudes (DESIGN.md); images ``(B, C_in, *spatial)``; a "pixel" is a spatial
 position, perturbed in every input channel.
 
-* Per-image seeds: :func:`image_seeds` derives every random draw for an image (noise, random pixels, tie-breaking)
-  from the study seed and the image's own values, so an image's results do not depend on the batch it sits in, the
-  order of the data or the number of processes sharing it out.
+* Every random draw for an image (noise, random pixels, tie-breaking) comes from its own seed
+  (``scripts.seeding.image_seeds``), so an image's results do not depend on its batch or the number of processes.
 * Contrastive pixel perturbation, eq. 23-26: :func:`perturbation_masks`, :func:`replace_pixels`,
   :func:`contrastive_perturbation` (F1 after perturbing the k = ceil(alpha * HW) pixels ranked highest by the
   sensitive map and lowest by the insensitive one, their ratio, the absolute drops and a random-pixel control).
@@ -18,17 +17,16 @@ position, perturbed in every input channel.
 * Agreement with a region that matters: :func:`annotation_agreement` (a reader's annotation) and
   :func:`signal_localization` (the known signal of SKS/BKS).
 * Model-randomization sanity check (Adebayo et al. 2018): :func:`randomized_copy`, :func:`spearman_per_image`.
-* Table II: :func:`confusion_matrix`, :func:`scores_from_confusion`, :func:`precision_recall`, :func:`mean_std`,
+* Table II: :func:`confusion_matrix`, :func:`scores_from_confusion`, :func:`mean_std`,
   and :func:`classification_metric`, an ignite metric on the confusion matrix (summed over processes under DDP).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import math
-from typing import Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,45 +36,22 @@ from scipy.sparse.linalg import spsolve
 from scipy.stats import rankdata, spearmanr
 from torch import nn
 
-from .ifim import eval_mode
+from .borrowing import borrowed
+from .seeding import Seeds, per_image_seeds
 
-__all__ = ["image_seeds", "per_image_seeds", "num_perturbed", "perturbation_masks", "random_pixel_mask",
-           "replace_pixels", "GaussianFill", "NoisyLinearImputation", "f1", "f1_scores", "eval_logits", "predict",
+__all__ = ["PERTURBATION_ALPHAS", "num_perturbed", "perturbation_masks", "random_pixel_mask",
+           "replace_pixels", "GaussianFill", "NoisyLinearImputation", "f1", "f1_scores", "eval_logits",
            "perturbation_mask_sets", "perturbed_probabilities", "perturbed_predictions", "perturbation_scores",
            "curve_auc",
            "contrastive_perturbation", "fgsm",
            "pearson_per_image", "spearman_per_image", "annotation_agreement", "signal_localization",
            "randomized_copy", "confusion_matrix",
-           "scores_from_confusion", "precision_recall", "classification_metric", "mean_std"]
+           "scores_from_confusion", "classification_metric", "mean_std"]
 
-Seeds = Union[int, torch.Tensor]
 # draws derived from an image's seed s: the noise uses s, the random pixels of the i-th alpha s + 1 + i
 TIE_BREAK_OFFSET = 1 << 20  # the random order that breaks ties between equal map values
-
-
-def image_seeds(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """One seed per image, ``(B,)`` int64 in [0, 2^62): a hash of ``seed`` and the image's values (dtype included).
-
-    The same image gets the same draws whatever batch, position or process it is in, so a study sharded over
-    ``torchrun`` processes, or run with another batch size, perturbs every image exactly as one process does.
-    """
-    data = x.detach().cpu().contiguous()
-    seeds = []
-    for image in data:
-        digest = hashlib.blake2b(str(seed).encode(), digest_size=8)
-        digest.update(str(image.dtype).encode())
-        digest.update(image.numpy().tobytes())
-        seeds.append(int.from_bytes(digest.digest(), "little") & ((1 << 62) - 1))
-    return torch.tensor(seeds, dtype=torch.int64)
-
-
-def per_image_seeds(x: torch.Tensor, seed: Seeds) -> torch.Tensor:
-    """``(B,)`` per-image seeds: given, or :func:`image_seeds` of ``x`` and an integer study seed."""
-    if isinstance(seed, torch.Tensor) and seed.ndim == 1:
-        if len(seed) != len(x):
-            raise ValueError(f"{len(seed)} seeds for {len(x)} images.")
-        return seed.to(torch.int64).cpu()
-    return image_seeds(x, int(seed))
+# the paper's perturbed pixel fractions (Sec. IV-E: 1, 2 and 3 %)
+PERTURBATION_ALPHAS = (0.01, 0.02, 0.03)
 
 
 def _generators(seeds: torch.Tensor, offset: int = 0):
@@ -104,8 +79,8 @@ def perturbation_masks(high_map: torch.Tensor, low_map: torch.Tensor, alpha: flo
     For iFIM, ``high_map`` is S(x) = |x_sens| and ``low_map`` I(x) = |x_comp|; for a single-map method both are
     that map (its top-k against its bottom-k). Ties are broken at random: pixels of equal value are ranked in a
     random order drawn per image from ``seeds`` (``(B,)``, or an integer hashed with each image of ``high_map``,
-    :func:`image_seeds`). A map that is zero on much of the image (a CAM after its ReLU, a saturated gradient) so
-    has a bottom set spread over its zero region, not the first pixels in memory order (the top rows).
+    :func:`scripts.seeding.image_seeds`). A map that is zero on much of the image (a CAM after its ReLU, a saturated
+    gradient) so has a bottom set spread over its zero region, not the first pixels in memory order (the top rows).
     """
     _check_map(high_map, "high_map")
     _check_map(low_map, "low_map")
@@ -129,7 +104,7 @@ def perturbation_masks(high_map: torch.Tensor, low_map: torch.Tensor, alpha: flo
 def random_pixel_mask(like: torch.Tensor, alpha: float, seed: Seeds = 0) -> torch.Tensor:
     """k uniformly random pixels per image, ``(B, 1, *spatial)`` boolean: the control that shows whether
     perturbing k pixels moves the model at all. ``seed``: ``(B,)`` per-image seeds, or an integer hashed with each
-    image of ``like`` (:func:`image_seeds`)."""
+    image of ``like`` (:func:`scripts.seeding.image_seeds`)."""
     n_pixels = like[0, 0].numel()
     k = num_perturbed(alpha, n_pixels)
     scores = torch.stack([torch.rand(n_pixels, generator=g) for g in _generators(per_image_seeds(like, seed))])
@@ -155,12 +130,13 @@ class GaussianFill:
     a given pixel whichever set of pixels is perturbed, so the sets compared differ only in where they are.
 
     ``__call__(x, mask, seeds)``: ``x (B, C_in, *spatial)``, ``mask (B, 1, *spatial)`` boolean, ``seeds (B,)``.
+    ``provenance``: how the fill was chosen, when the report must say so (e.g. after test results were seen).
     """
 
-    def __init__(self, mean: float = 0.0, std: float = 1.0):
+    def __init__(self, mean: float = 0.0, std: float = 1.0, provenance: Optional[str] = None):
         if not std >= 0:
             raise ValueError(f"std must be >= 0, got {std}.")
-        self.mean, self.std = float(mean), float(std)
+        self.mean, self.std, self.provenance = float(mean), float(std), provenance
 
     @property
     def name(self) -> str:
@@ -182,12 +158,13 @@ class NoisyLinearImputation:
     outlier the model may react to by itself. Written here with scipy's sparse solver: no pinned library has it.
 
     ``__call__(x, mask, seeds)``: ``x (B, C_in, *spatial)``, ``mask (B, 1, *spatial)`` boolean, ``seeds (B,)``.
+    ``provenance``: how the fill was chosen, when the report must say so.
     """
 
-    def __init__(self, noise_std: float = 0.01):
+    def __init__(self, noise_std: float = 0.01, provenance: Optional[str] = None):
         if not noise_std >= 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}.")
-        self.noise_std = float(noise_std)
+        self.noise_std, self.provenance = float(noise_std), provenance
 
     @property
     def name(self) -> str:
@@ -290,13 +267,8 @@ def f1(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> float:
 def eval_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 64
                 ) -> torch.Tensor:
     """Logits ``(B, C)`` of ``model`` on ``x``, in batches, in eval mode without autograd (modes restored)."""
-    with eval_mode(model, grad=False):
+    with borrowed(model, grad=False):
         return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-
-
-def predict(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Predicted classes ``(B,)``, see :func:`eval_logits`."""
-    return eval_logits(model, x, batch_size).argmax(1)
 
 
 PERTURBED_SETS = ("high", "low", "random")
@@ -326,7 +298,7 @@ def perturbed_probabilities(model: Callable[[torch.Tensor], torch.Tensor], x: to
 
 
 def perturbed_predictions(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, high_map: torch.Tensor,
-                          low_map: Optional[torch.Tensor] = None, alphas: Sequence[float] = (0.01, 0.02, 0.03),
+                          low_map: Optional[torch.Tensor] = None, alphas: Sequence[float] = PERTURBATION_ALPHAS,
                           noise_mean: float = 0.0, noise_std: float = 1.0, seed: Seeds = 0,
                           clean: Optional[torch.Tensor] = None, fill: Optional[Fill] = None) -> Dict[str, torch.Tensor]:
     """One batch of the contrastive pixel-perturbation study (eq. 23-26): predictions on the clean images and on
@@ -336,13 +308,13 @@ def perturbed_predictions(model: Callable[[torch.Tensor], torch.Tensor], x: torc
     a random order) are replaced by ``fill`` (default :class:`GaussianFill` N(noise_mean, noise_std^2): the same
     value at a given pixel for every set); ``random`` replaces k uniformly drawn pixels (the control). Every draw
     for an image comes from its seed: ``seed`` is ``(B,)`` per-image seeds or an integer hashed with each image
-    (:func:`image_seeds`), so results do not depend on the batch. ``clean``: the clean predictions ``(B,)`` when the
-    caller has them already (one forward pass fewer).
+    (:func:`scripts.seeding.image_seeds`), so results do not depend on the batch. ``clean``: the clean predictions
+    ``(B,)`` when the caller has them already (one forward pass fewer).
     """
     seeds = per_image_seeds(x, seed)
     fill = GaussianFill(noise_mean, noise_std) if fill is None else fill
     masks = perturbation_mask_sets(high_map, low_map, alphas, seeds)
-    predictions: Dict = {"clean": predict(model, x) if clean is None else clean}
+    predictions: Dict = {"clean": eval_logits(model, x).argmax(1) if clean is None else clean}
     probabilities = perturbed_probabilities(model, x, masks, fill, seeds)
     predictions.update({key: probs.argmax(1) for key, probs in probabilities.items()})
     return predictions
@@ -403,7 +375,7 @@ def _ratio(low, high):
 
 def contrastive_perturbation(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                              high_map: torch.Tensor, low_map: Optional[torch.Tensor] = None,
-                             alphas: Sequence[float] = (0.01, 0.02, 0.03), noise_mean: float = 0.0,
+                             alphas: Sequence[float] = PERTURBATION_ALPHAS, noise_mean: float = 0.0,
                              noise_std: float = 1.0, seed: Seeds = 0, num_classes: Optional[int] = None,
                              fill: Optional[Fill] = None) -> Dict[float, Dict[str, float]]:
     """The contrastive pixel-perturbation study of Sec. IV-E on a set of images held in memory.
@@ -423,7 +395,7 @@ def contrastive_perturbation(model: Callable[[torch.Tensor], torch.Tensor], x: t
 def fgsm(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
          epsilon: float) -> torch.Tensor:
     """eq. 27: ``x + epsilon * sign(grad_x CE(f(x), y))``, in eval mode (mode restored), under any grad mode."""
-    with eval_mode(model):
+    with borrowed(model):
         x_leaf = x.detach().requires_grad_(True)
         loss = nn.functional.cross_entropy(model(x_leaf), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x_leaf)
@@ -523,15 +495,9 @@ def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     return clone
 
 
-def precision_recall(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> Dict[str, float]:
-    """Precision and recall of the positive class (binary) or macro-averaged (more classes), as in Table II."""
-    scores = scores_from_confusion(confusion_matrix(y_true, y_pred, num_classes))
-    return {"precision": scores["precision"], "recall": scores["recall"]}
-
-
 def classification_metric(name: str, num_classes: int) -> MetricsLambda:
     """An ignite metric for an evaluator's ``{"pred": (B, C) logits, "label": (B,)}`` batch outputs: ``name`` is
-    ``"precision"``, ``"recall"`` (as :func:`precision_recall`) or ``"f1"`` (as :func:`f1`), over the whole epoch.
+    ``"precision"``, ``"recall"`` (as :func:`scores_from_confusion`) or ``"f1"`` (as :func:`f1`), over the whole epoch.
 
     It accumulates ignite's ``ConfusionMatrix``, whose counts are summed over processes under DDP, so sharded
     evaluation (shares of any size) scores what one process scores."""

@@ -8,7 +8,8 @@ the corrected labels become the reference standard every map of the evaluation i
   builds them (``ReviewModel.from_bundle`` reads it); ``label(image, output_dir)`` writes the top
   ``top_percent`` % of S(x) = |x_sens| as a 0/1 NIfTI with the shape and affine MONAI's reader gives the image, and
   returns the prediction, probabilities and iFIM spectrum.
-* :func:`score_annotations`: every map of ``scripts.study.STUDY_MAPS`` against the labels of a MONAI Label datastore
+* :func:`score_annotations`: every map of the evaluation (``scripts.attribution.DEFAULT_STUDY_METHODS`` unless told
+  otherwise) against the labels of a MONAI Label datastore
   (``<studies>/labels/<tag>/<image id>.nii.gz``): energy inside the annotation, pointing game and AUROC per image
   (``scripts.metrics.annotation_agreement``), summarised with bootstrap intervals over images.
 """
@@ -27,12 +28,14 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 from .atomic import atomic_write, write_csv
-from .controls import percentile_interval, resampled_means, unit_bootstrap_weights
-from .metrics import annotation_agreement, image_seeds, perturbation_masks
+from .attribution import compute_maps, map_names, select_methods
+from .bootstrap import bootstrap_interval
+from .checkpoints import load_checkpoint
+from .metrics import annotation_agreement, perturbation_masks
+from .seeding import image_seeds
 from .sources import InvertToSourced, SaveOnSourceGridd, find_image_files
-from .study import STUDY_MAPS, study_maps
 
-__all__ = ["ReviewModel", "score_annotations", "datastore_id", "bootstrap_interval", "LABEL_NAME"]
+__all__ = ["ReviewModel", "score_annotations", "datastore_id", "LABEL_NAME"]
 
 logger = logging.getLogger(__name__)
 LABEL_NAME = "high_sensitivity"  # the label's one foreground class
@@ -60,7 +63,7 @@ class ReviewModel:
         class_names: the model's outputs.
         top_percent: the share of the image's pixels the label marks.
         device: where the network runs.
-        seed: breaks ties between equal map values at the threshold (per image, ``scripts.metrics.image_seeds``).
+        seed: breaks ties between equal map values at the threshold (per image, ``scripts.seeding.image_seeds``).
     """
 
     def __init__(self, network: torch.nn.Module, checkpoint: Any, preprocessing: Any, inferer: Any,
@@ -68,8 +71,7 @@ class ReviewModel:
         self.top_percent = _check_percent(top_percent)
         self.device, self.seed = torch.device(device), seed
         self.checkpoint = str(checkpoint.load_path)
-        self.network = network.to(self.device)
-        self.network.load_state_dict(torch.load(self.checkpoint, map_location=self.device, weights_only=True))
+        self.network = load_checkpoint(network.to(self.device), self.checkpoint, checkpoint.expected, self.device)
         self.network.eval()
         self.preprocessing, self.inferer, self.class_names = preprocessing, inferer, list(class_names)
 
@@ -123,15 +125,18 @@ class ReviewModel:
                   "label_name": LABEL_NAME}
         return str(Path(output_dir) / f"{item['name']}_label.nii.gz"), result
 
-    def maps(self, item: dict, methods: Sequence[str] = STUDY_MAPS, background: Optional[torch.Tensor] = None
+    def maps(self, item: dict, methods: Optional[Sequence[str]] = None, background: Optional[torch.Tensor] = None
              ) -> Dict[str, torch.Tensor]:
-        """Every map of ``methods`` for one preprocessed image, ``(1, *model grid)`` each, explaining the predicted
-        class (seeded maps draw from the image's own seed, as in the study)."""
+        """Every map ``methods`` stand for (``scripts.attribution.map_names``: maps, or methods for all their maps;
+        default those of ``DEFAULT_STUDY_METHODS``) for one preprocessed image, ``(1, *model grid)`` each, explaining
+        the predicted class (seeded maps draw from the image's own seed, as in the study)."""
+        methods = map_names(methods)
         x = item["image"][None].to(self.device)
         x = x.as_tensor() if hasattr(x, "as_tensor") else x
         with torch.no_grad():
             target = self.network(x).argmax(1)
-        maps = study_maps(self.network, x, target, methods, image_seeds(x, self.seed), background=background)
+        maps = compute_maps(select_methods(methods), self.network, x, target, image_seeds(x, self.seed),
+                            baselines=background)
         return {m: maps[m][0] for m in methods}
 
 
@@ -139,18 +144,6 @@ def _check_percent(value: float) -> float:
     if not 0 < float(value) <= 100:
         raise ValueError(f"top_percent must lie in (0, 100], got {value}.")
     return float(value)
-
-
-def bootstrap_interval(values: Sequence[float], n_resamples: int = 2000, seed: int = 0) -> tuple:
-    """Mean of the finite ``values`` (one per independent image) and its 95 % bootstrap interval
-    (:func:`scripts.study.unit_bootstrap_weights` with each value its own unit); ``(mean, low, high)``, the interval
-    NaN for fewer than 2 finite values."""
-    array = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    mean = float(array.mean()) if array.size else math.nan
-    if array.size < 2:
-        return mean, math.nan, math.nan
-    weights = unit_bootstrap_weights(range(array.size), n_resamples, seed)
-    return (mean, *percentile_interval(resampled_means(array, weights)))
 
 
 def _read_label(path: Path, shape: Sequence[int]) -> torch.Tensor:
@@ -175,9 +168,10 @@ SCORE_COLUMNS = ("image", "method", "energy_fraction", "area_fraction", "pointin
 
 
 def score_annotations(model: ReviewModel, studies_dir: os.PathLike, output_dir: os.PathLike, tag: str = "final",
-                      methods: Sequence[str] = STUDY_MAPS, background: Optional[torch.Tensor] = None,
+                      methods: Optional[Sequence[str]] = None, background: Optional[torch.Tensor] = None,
                       seed: int = 0) -> Dict[str, Any]:
-    """Score every map of ``methods`` against the labels a reader saved in a MONAI Label local datastore.
+    """Score every map of ``methods`` (map methods or maps, ``scripts.attribution.select_methods``; default
+    ``DEFAULT_STUDY_METHODS``) against the labels a reader saved in a MONAI Label local datastore.
 
     For each ``<studies_dir>/labels/<tag>/<id>.nii.gz`` whose image ``<studies_dir>/<id>.<ext>`` exists, every map
     is computed on the model's grid, put back on the image's own grid (as inference does) and compared with the
@@ -186,6 +180,7 @@ def score_annotations(model: ReviewModel, studies_dir: os.PathLike, output_dir: 
     and returns ``{"rows": [...], "summary": {method: {metric: (mean, low, high)}}, "n_images": n}``.
     """
     studies, out = Path(studies_dir), Path(output_dir)
+    methods = map_names(methods)
     label_dir = studies / "labels" / tag
     labels = sorted(label_dir.glob("*.nii.gz")) if label_dir.is_dir() else []
     if not labels:

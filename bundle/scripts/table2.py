@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from . import distributed
 from .atomic import atomic_write
+from .checkpoints import load_checkpoint
 from .metrics import classification_metric, mean_std
 from .networks import get_network
 
@@ -57,22 +58,12 @@ def checkpoint_scores(network: torch.nn.Module, dataset: Dataset, num_classes: i
     return {name: float(evaluator.state.metrics[name]) for name in SCORES}
 
 
-def _load(network_name: str, num_classes: int, checkpoint: Path) -> torch.nn.Module:
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    network = get_network(network_name, spatial_dims=2, in_channels=1, num_classes=num_classes)
-    try:
-        network.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    except (RuntimeError, KeyError) as err:
-        raise RuntimeError(f"checkpoint {checkpoint} does not fit {network_name}: {str(err).splitlines()[0]}") from err
-    return network
-
-
-def seed_stamp(train_config: os.PathLike, overrides: Mapping[str, Any], network_name: str, num_classes: int) -> str:
+def seed_stamp(train_config: os.PathLike, overrides: Mapping[str, Any], network_name: str, num_classes: int,
+               spatial_dims: int = 2, in_channels: int = 1) -> str:
     """What a seed's checkpoint was trained with: train.yaml's text, the overrides and the network's parameter
     shapes. The config text catches a changed recipe (e.g. max_epochs), the shapes a changed architecture default in
     networks.py; either must retrain the seed rather than reuse (or fail to load) its old checkpoint."""
-    network = get_network(network_name, spatial_dims=2, in_channels=1, num_classes=num_classes)
+    network = get_network(network_name, spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes)
     shapes = [(name, list(value.shape)) for name, value in network.state_dict().items()]
     return json.dumps({"train_config": hashlib.sha256(Path(train_config).read_bytes()).hexdigest(),
                        "network": hashlib.sha256(json.dumps(shapes).encode()).hexdigest(),
@@ -100,7 +91,8 @@ def seed_table(train_config: os.PathLike, seeds: Sequence[int], test_dataset: Da
                output_dir: os.PathLike, network_name: str = "shallow_cnn",
                checkpoints: Optional[Mapping[int, os.PathLike]] = None,
                train_overrides: Optional[Mapping[str, Any]] = None, device: Optional[torch.device] = None,
-               batch_size: int = 64, train_overlays: Sequence[os.PathLike] = ()) -> Dict[str, Any]:
+               batch_size: int = 64, train_overlays: Sequence[os.PathLike] = (), spatial_dims: int = 2,
+               in_channels: int = 1) -> Dict[str, Any]:
     """Table II: precision / recall / F1 / accuracy on ``test_dataset`` for one checkpoint per training seed, and
     their mean +- std (ddof 1).
 
@@ -113,6 +105,7 @@ def seed_table(train_config: os.PathLike, seeds: Sequence[int], test_dataset: Da
         train_overrides: train.yaml keys to set (task, counts, image_size, max_epochs, cache_dir, ...): the same
             data and network as the evaluated checkpoint; a None value keeps train.yaml's.
         train_overlays: configs read after train.yaml to train a seed (``multi_gpu_train.yaml`` under torchrun).
+        spatial_dims, in_channels: the network's, as train.yaml's ``network_def`` builds it.
     """
     device = device or torch.device("cpu")
     overrides = {k: v for k, v in (train_overrides or {}).items() if v is not None}  # None: train.yaml's own
@@ -124,7 +117,7 @@ def seed_table(train_config: os.PathLike, seeds: Sequence[int], test_dataset: Da
         if checkpoint is None:
             seed_dir = Path(output_dir) / f"seed{seed}"
             stamp = seed_dir / "train_overrides.json"
-            wanted = seed_stamp(train_config, overrides, network_name, num_classes)
+            wanted = seed_stamp(train_config, overrides, network_name, num_classes, spatial_dims, in_channels)
             checkpoint = seed_dir / "model.pt"
             reuse = checkpoint.is_file() and stamp.is_file() and stamp.read_text() == wanted
             if not distributed.broadcast_object(reuse):  # rank 0's view decides for all
@@ -137,7 +130,8 @@ def seed_table(train_config: os.PathLike, seeds: Sequence[int], test_dataset: Da
                     with atomic_write(stamp) as tmp:
                         tmp.write_text(wanted)
                 distributed.barrier()  # the checkpoint exists before any rank loads it
-        network = _load(network_name, num_classes, checkpoint)
+        network = load_checkpoint(get_network(network_name, spatial_dims=spatial_dims, in_channels=in_channels,
+                                              num_classes=num_classes), checkpoint)
         rows.append({"seed": seed, "checkpoint": str(checkpoint),
                      **checkpoint_scores(network, test_dataset, num_classes, device, batch_size)})
     if not rows:

@@ -1,79 +1,132 @@
 # Copyright (c) the iFIM bundle contributors.
 # Licensed under the Apache License, Version 2.0 (see LICENSE).
-"""The paper's three tasks by name, so a bundle config picks one with a top-level ``task`` key.
+"""The paper's tasks as data: one :class:`Task` record each in :data:`TASKS`, so a bundle config picks one with a
+top-level ``task`` key and nothing else branches on a task's name. Adding a task is one record.
 
 ``sksbks`` (default, offline: MNI152 templates inside nilearn's wheel), ``sksbks_hcp`` (HCP subjects under
 ``dataset_dir``), ``oct`` (Kermany layout under ``dataset_dir``), ``cxr`` (NIH ChestX-ray14 under ``dataset_dir``).
 
 Training and evaluation read a task's splits (:func:`task_datalist`, :func:`task_transforms`); inference reads a
-folder of any images through the task's deterministic chain, or, without a folder, the offline default's test
-images (:func:`inference_datalist`, :func:`inference_transforms`).
+folder of any images through the task's deterministic chain, or, without a folder, an offline task's test images
+(:func:`inference_datalist`, :func:`inference_transforms`).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from monai.transforms import Compose
 
-from .data import build_cxr_datalist, build_hcp_datalist, build_oct_datalist, build_sksbks_datalist, folder_datalist
+from .data import (
+    OCT_CLASSES,
+    build_cxr_datalist,
+    build_hcp_datalist,
+    build_oct_datalist,
+    build_sksbks_datalist,
+    folder_datalist,
+)
 from .sources import DEFAULT_MAX_VOXELS, AsOwnGridd
 from .transforms import image_transforms, mri_transforms
 
-__all__ = ["TASKS", "TASK_CLASSES", "TASK_UNIT_KEYS", "task_unit_key", "task_num_classes", "task_class_names",
+__all__ = ["Task", "TASKS", "PAPER_TABLE2", "get_task", "task_unit_key", "task_num_classes", "task_class_names",
            "task_datalist", "task_transforms", "inference_datalist", "inference_transforms"]
 
-TASK_CLASSES = {  # task -> class names, in label order
-    "sksbks": ("signal absent", "signal present"),
-    "sksbks_hcp": ("signal absent", "signal present"),
-    "oct": ("NORMAL", "DRUSEN", "CNV"),
-    "cxr": ("no cardiomegaly", "cardiomegaly"),
-}
-TASKS = {task: len(names) for task, names in TASK_CLASSES.items()}  # task -> number of classes
-# task -> datalist key of each image's independent unit: the default task's images are augmented copies of slices
-# of one brain; HCP has subjects; OCT and CXR have several images per patient
-TASK_UNIT_KEYS = {"sksbks": "slice", "sksbks_hcp": "subject", "oct": "patient", "cxr": "patient"}
+# Table II of the paper, (mean, std) of (precision, recall) per network, by the paper's column
+PAPER_TABLE2 = {"cxr": {"VGG16": ((0.77, 0.03), (0.78, 0.03)), "ResNet18": ((0.80, 0.01), (0.79, 0.03))},
+                "oct": {"VGG16": ((0.98, 0.01), (0.98, 0.01)), "ResNet18": ((0.98, 0.01), (0.98, 0.01))},
+                "mri": {"VGG16": ((0.97, 0.01), (0.96, 0.01)), "ResNet18": ((0.97, 0.01), (0.97, 0.01))}}
+
+# (dataset_dir, cache_dir, counts, seed, output_json) -> {"training": [...], "validation": [...], "test": [...]}
+DatalistBuilder = Callable[[Optional[os.PathLike], os.PathLike, Optional[Sequence[int]], int, Optional[os.PathLike]],
+                           Dict[str, List[dict]]]
 
 
-def _check(task: str) -> None:
+@dataclass(frozen=True)
+class Task:
+    """One task.
+
+    Attributes:
+        name: the configs' ``task``.
+        class_names: the classes, in label order.
+        unit_key: the datalist key of the independent unit each image comes from (the bootstrap's unit).
+        build_datalist: the task's splits (:data:`DatalistBuilder`); ``counts``: entries per split (MRI) or per
+            class and split (OCT, CXR), None: the paper's.
+        mri: an MRI slice task (the MRI chain with augmentation and the inserted signal), else a 2D image chain.
+        needs_dataset: reads a user's local copy (``dataset_dir``); else built offline, with test images inference
+            can run on without a folder.
+        paper_column: its column of the paper's Table II (:data:`PAPER_TABLE2`).
+    """
+
+    name: str
+    class_names: Tuple[str, ...]
+    unit_key: str
+    build_datalist: DatalistBuilder
+    mri: bool
+    needs_dataset: bool
+    paper_column: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _per_class(counts: Optional[Sequence[int]]) -> dict:
+    return {} if counts is None else {"per_class": tuple(counts)}
+
+
+def _per_split(counts: Optional[Sequence[int]]) -> dict:
+    return {} if counts is None else {"counts": tuple(counts)}
+
+
+SIGNAL_CLASSES = ("signal absent", "signal present")
+TASKS: Dict[str, Task] = {task.name: task for task in (
+    # the default task's images are augmented copies of slices of one brain; HCP has subjects; OCT and CXR have
+    # several images per patient
+    Task("sksbks", SIGNAL_CLASSES, "slice", lambda root, cache, counts, seed, out: build_sksbks_datalist(
+        cache, seed=seed, output_json=out, **_per_split(counts)), mri=True, needs_dataset=False, paper_column="mri"),
+    Task("sksbks_hcp", SIGNAL_CLASSES, "subject", lambda root, cache, counts, seed, out: build_hcp_datalist(
+        root, cache, seed=seed, output_json=out, **_per_split(counts)), mri=True, needs_dataset=True,
+        paper_column="mri"),
+    Task("oct", OCT_CLASSES, "patient", lambda root, cache, counts, seed, out: build_oct_datalist(
+        root, seed=seed, output_json=out, **_per_class(counts)), mri=False, needs_dataset=True, paper_column="oct"),
+    Task("cxr", ("no cardiomegaly", "cardiomegaly"), "patient", lambda root, cache, counts, seed, out:
+         build_cxr_datalist(root, seed=seed, output_json=out, **_per_class(counts)), mri=False, needs_dataset=True,
+         paper_column="cxr"),
+)}
+
+
+def get_task(task: str) -> Task:
+    """The record of ``task``; a clear error naming the choices otherwise."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}.")
+    return TASKS[task]
 
 
 def task_num_classes(task: str) -> int:
-    _check(task)
-    return TASKS[task]
+    return get_task(task).num_classes
 
 
 def task_unit_key(task: str) -> str:
     """The datalist key of the independent unit an image of ``task`` comes from (slice, subject or patient)."""
-    _check(task)
-    return TASK_UNIT_KEYS[task]
+    return get_task(task).unit_key
 
 
 def task_class_names(task: str) -> List[str]:
-    _check(task)
-    return list(TASK_CLASSES[task])
+    return list(get_task(task).class_names)
 
 
 def task_datalist(task: str, cache_dir: os.PathLike, dataset_dir: Optional[os.PathLike] = None,
                   counts: Optional[Sequence[int]] = None, seed: int = 0,
                   output_json: Optional[os.PathLike] = None) -> Dict[str, List[dict]]:
     """The task's datalist. ``counts`` are entries per split (MRI) or per class and split (OCT, CXR); None keeps
-    the paper's. ``dataset_dir`` is the local copy of the dataset (not needed for ``sksbks``)."""
-    _check(task)
-    kwargs = {} if counts is None else ({"counts": tuple(counts)} if task.startswith("sksbks")
-                                        else {"per_class": tuple(counts)})
-    if task == "sksbks":
-        return build_sksbks_datalist(cache_dir, seed=seed, output_json=output_json, **kwargs)
-    if dataset_dir is None:
+    the paper's. ``dataset_dir`` is the local copy of the dataset (not needed for an offline task)."""
+    record = get_task(task)
+    if record.needs_dataset and dataset_dir is None:
         raise ValueError(f"task {task!r} reads a local copy of its dataset: set dataset_dir.")
-    if task == "sksbks_hcp":
-        return build_hcp_datalist(dataset_dir, cache_dir, seed=seed, output_json=output_json, **kwargs)
-    builder = build_oct_datalist if task == "oct" else build_cxr_datalist
-    return builder(dataset_dir, seed=seed, output_json=output_json, **kwargs)
+    return record.build_datalist(dataset_dir, cache_dir, counts, seed, output_json)
 
 
 def task_transforms(task: str, size: int, evaluation: bool = False, max_voxels: int = DEFAULT_MAX_VOXELS) -> Compose:
@@ -81,8 +134,7 @@ def task_transforms(task: str, size: int, evaluation: bool = False, max_voxels: 
     augmentation and the signal drawn per entry). ``evaluation=True``: the deterministic chain for one ``image`` of
     any format, no augmentation, no signal, its MetaTensor record kept so maps can be put back on its grid.
     ``max_voxels``: files whose header claims more are refused before loading."""
-    _check(task)
-    if task.startswith("sksbks"):
+    if get_task(task).mri:
         if evaluation:
             return mri_transforms(size=size, augment=False, signal=False, track_meta=True, max_voxels=max_voxels)
         return mri_transforms(size=size, max_voxels=max_voxels)
@@ -94,13 +146,13 @@ def inference_datalist(task: str, dataset_dir: Optional[os.PathLike], cache_dir:
     """What inference analyses, one entry per input with a unique ``name`` for its output files.
 
     With ``dataset_dir``: every image file under it (:func:`scripts.data.folder_datalist`; ``exclude`` keeps an
-    output folder inside it out). Without: the first ``n_images`` test images of the offline default task
-    (``sksbks`` only: the other tasks read a user's copy, so point ``dataset_dir`` at its images).
+    output folder inside it out). Without: the first ``n_images`` test images of an offline task (the others read
+    a user's copy, so point ``dataset_dir`` at its images).
     """
-    _check(task)
+    record = get_task(task)
     if dataset_dir is not None:
         return folder_datalist(dataset_dir, exclude=exclude)
-    if task != "sksbks":
+    if record.needs_dataset:
         raise ValueError(f"task {task!r} has no offline test images: set dataset_dir to a folder of its images.")
     entries = task_datalist(task, cache_dir, counts=(0, 0, n_images), seed=seed)["test"][:n_images]
     return [dict(e, name=f"{Path(e['image']).name.split('.')[0]}_seed{e['seed']}") for e in entries]

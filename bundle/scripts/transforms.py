@@ -9,9 +9,9 @@
 * Small pieces MONAI lacks: RGB-to-grayscale, MONOCHROME1 inversion for DICOM (MONAI's ``PydicomReader`` applies
   RescaleSlope/Intercept but not the photometric interpretation), and per-sample seeding so that every datalist
   entry is one fixed image.
-* Chains (``Compose`` factories): :func:`image_transforms` (OCT and CXR: :func:`oct_transforms`,
-  :func:`cxr_transforms`) and :func:`mri_transforms`. Every chain reads files through the same steps
-  (:mod:`scripts.sources`), so a format reads the same way in training and on a user's scans.
+* Chains (``Compose`` factories): :func:`image_transforms` (OCT and CXR) and :func:`mri_transforms`. Every chain
+  reads files through the same steps (:mod:`scripts.sources`), so a format reads the same way in training and on a
+  user's scans.
 """
 
 from __future__ import annotations
@@ -45,12 +45,9 @@ from monai.utils import convert_to_tensor
 
 from .sources import DEFAULT_MAX_VOXELS, EnsureSpatialDimsd, LoadImageCheckedd, RowsColumnsd, is_dicom_file
 
-__all__ = ["gaussian_blob", "InsertGaussianSignal", "InsertGaussianSignald", "SIGNAL_KEYS", "EnsureGrayscale",
+__all__ = ["gaussian_blob", "InsertGaussianSignal", "InsertGaussianSignald", "EnsureGrayscale",
            "EnsureGrayscaled", "InvertMonochrome1", "InvertMonochrome1d", "PerSampleSeedd", "image_transforms",
-           "oct_transforms", "cxr_transforms", "mri_transforms", "LoadImageCheckedd"]
-
-# Keys InsertGaussianSignald writes (after the ``meta_prefix``); absent signals get centre -1, sigma 0, amplitude 0.
-SIGNAL_KEYS = ("signal_center", "signal_sigma", "signal_amplitude")
+           "mri_transforms", "LoadImageCheckedd"]
 
 Range = Union[float, Tuple[float, float]]
 
@@ -300,16 +297,6 @@ def image_transforms(size: int = 256, keys: Sequence[str] = ("image",), track_me
         ScaleIntensityd(keys, minv=0.0, maxv=1.0),
         EnsureTyped(keys, track_meta=track_meta),
     ])
-
-
-def oct_transforms(size: int = 256, keys: Sequence[str] = ("image",), track_meta: bool = False) -> Compose:
-    """Retinal OCT (Kermany JPEG): :func:`image_transforms`."""
-    return image_transforms(size, keys, track_meta)
-
-
-def cxr_transforms(size: int = 256, keys: Sequence[str] = ("image",), track_meta: bool = False) -> Compose:
-    """Chest X-ray (NIH PNG 1024^2, or DICOM): :func:`image_transforms`."""
-    return image_transforms(size, keys, track_meta)
 
 
 def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True, signal: bool = True,
