@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -268,3 +270,21 @@ def test_eigencam_of_rank_one_activations_is_their_spatial_pattern():
     x = torch.rand(2, 1, 6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     expected = (x - x.amin((2, 3), keepdim=True)) / (x.amax((2, 3), keepdim=True) - x.amin((2, 3), keepdim=True))
     torch.testing.assert_close(attribute("eigencam", RankOne().double(), x), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_vanilla_gradient_keeps_the_target_gradient_on_a_confident_float32_prediction():
+    """A logit gap of about 21 (p_other ~ 1e-9): float32 autograd through log_softmax rounds 1 - p_t to 0. The map
+    must still be |grad log p_t| as a float64 computation of the same network gives it."""
+    torch.manual_seed(3)
+    model = ShallowCNN(2, 1, 2)
+    x = torch.rand(3, 1, 16, 16)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([12.0, -12.0]))  # confident for class 0 whatever the image
+    reference_model = copy.deepcopy(model).double().eval()
+    x64 = x.double().requires_grad_(True)
+    log_p = torch.log_softmax(reference_model(x64), 1)[:, 0]
+    assert (log_p.detach().exp() > 1 - 1e-8).all()  # confident: 1 - p_0 is below float32's resolution of 1
+    (reference,) = torch.autograd.grad(log_p.sum(), x64)
+    out = attribute("vanilla_gradient", model, x, torch.zeros(3, dtype=torch.long))
+    scale = reference.abs().max().item()  # ~1e-12: tolerances relative to the map's own size
+    torch.testing.assert_close(out.double(), reference.abs(), rtol=1e-3, atol=1e-4 * scale)

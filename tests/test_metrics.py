@@ -362,3 +362,52 @@ def test_curve_auc_is_the_mean_height():
     assert curve_auc([0.0, 0.1, 0.5], [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0]]) == pytest.approx([1.0, 0.9])
     with pytest.raises(ValueError, match="increase"):
         curve_auc([0.0, 0.0], [1.0, 1.0])
+
+
+def test_eq_23_to_26_by_hand_on_a_linear_model():
+    """The contrastive perturbation study (eq. 23-26) written out in numpy: TopK of S and BottomK of I by sorting,
+    those pixels set to a constant fill, a linear model's predictions, F1 by scikit-learn; against the study's own
+    control (ContrastivePerturbation inside the study's batch) and the one-call function."""
+    from scripts.attribution import IFIM
+    from scripts.controls import ContrastivePerturbation, StudyBatch, StudySetup, StudyTotals
+
+    rng = np.random.default_rng(0)  # a draw whose perturbed top sets keep some positives (F1_high > 0)
+    weights = rng.normal(size=(2, 16))
+    model = nn.Linear(16, 2, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.from_numpy(weights))
+    net = nn.Sequential(nn.Flatten(), model)
+    x = rng.random((12, 1, 4, 4))
+    y = np.array([0, 1] * 6)
+    sensitive, complement = rng.random((12, 1, 4, 4)), rng.random((12, 1, 4, 4))  # distinct values: no ties
+    fill_value, alphas = 0.3, (0.1, 0.25)
+
+    def predict(images):
+        return (images.reshape(len(images), -1) @ weights.T).argmax(1)
+
+    clean = predict(x)
+    expected = {}
+    for alpha in alphas:
+        k = int(np.ceil(alpha * 16))
+        high, low = x.copy().reshape(12, -1), x.copy().reshape(12, -1)
+        for i in range(12):
+            high[i, np.argsort(-sensitive[i].ravel())[:k]] = fill_value
+            low[i, np.argsort(complement[i].ravel())[:k]] = fill_value
+        f1_clean, f1_high, f1_low = (f1_score(y, p) for p in (clean, predict(high), predict(low)))
+        expected[alpha] = {"f1_clean": f1_clean, "f1_high": f1_high, "f1_low": f1_low, "ratio": f1_low / f1_high,
+                           "drop_high": f1_clean - f1_high, "drop_low": f1_clean - f1_low}
+    fill = GaussianFill(fill_value, 0.0)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    maps = {IFIM.maps[0]: torch.from_numpy(sensitive), IFIM.maps[1]: torch.from_numpy(complement)}
+    function = contrastive_perturbation(net, tx, ty, maps[IFIM.maps[0]], maps[IFIM.maps[1]], alphas, fill=fill)
+    control = ContrastivePerturbation([fill])
+    control.setup(StudySetup([IFIM], list(IFIM.maps), alphas))
+    seeds = image_seeds(tx)
+    control.update(StudyBatch(net, tx, ty, torch.from_numpy(clean), seeds, ["u"] * 12, maps, 2))
+    probabilities = torch.softmax(net(tx).double(), 1).detach()
+    study = control.compute(StudyTotals(ty, probabilities, ["u"] * 12, 2)).scores[fill.tag][IFIM.name]
+    for alpha in alphas:
+        for key, value in expected[alpha].items():
+            assert function[alpha][key] == pytest.approx(value), (alpha, key)
+            assert study[f"{alpha:g}"][key] == pytest.approx(value), (alpha, key)
+    assert expected[0.25]["f1_high"] != expected[0.25]["f1_clean"]  # the perturbation moved something

@@ -30,7 +30,8 @@ summed over input channels where the method works per channel. Methods:
 * ``gradientshap``: captum's ``GradientShap`` (expected gradients), ``n_samples`` draws with Gaussian noise
   (``stdevs``), run image by image with each image's seed, so a map does not depend on the other images of its batch.
   Both SHAP methods take a fixed background set (``baselines``, e.g. training images; default one all-zero image).
-* ``vanilla_gradient``: |grad_x log p_target(x)|.
+* ``vanilla_gradient``: |grad_x log p_target(x)|, its coefficients in float64 so that it does not lose the target's
+  own gradient on confident predictions in float32 (:func:`_vanilla_gradient`).
 * ``random``: uniform noise, seeded per image: the control every method should beat.
 
 ``seed`` is an integer, hashed with each image's values into per-image seeds
@@ -60,7 +61,8 @@ from .borrowing import borrowed
 from .ifim import DEFAULT_RHO, ifim_decompose
 from .seeding import Seeds, per_image_seeds, seeded
 
-__all__ = ["MapMethod", "MapOptions", "MAP_METHODS", "MAPS", "IFIM", "DEFAULT_STUDY_METHODS", "select_methods",
+__all__ = ["MapMethod", "MapOptions", "MAP_METHODS", "MAPS", "IFIM", "DEFAULT_STUDY_METHODS", "CONTROL_MAPS",
+           "DISPLAY_NAMES", "display_name", "select_methods",
            "map_names", "compute_maps", "attribute", "default_cam_layer", "unit_range", "ReLUMaxPool", "relu_max_pools",
            "deeplift_shap"]
 
@@ -273,9 +275,17 @@ def _gradientshap(model: nn.Module, x: torch.Tensor, target: torch.Tensor, n_sam
 
 
 def _vanilla_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """|grad_x log p_t| as one vector-Jacobian product of the logits, ``sum_c w_c grad z_c`` with ``w = e_t - p``
+    computed in float64 from the logits (``w_t`` as the sum of the other classes' probabilities). Autograd through
+    ``log_softmax`` in float32 rounds ``1 - p_t`` to 0 on a confident prediction and so drops the target's own
+    gradient; here it is kept until the other classes' probabilities underflow float32 (logit gaps beyond ~87)."""
     x_leaf = x.detach().requires_grad_(True)
-    log_probs = torch.log_softmax(model(x_leaf), dim=1)
-    (grad,) = torch.autograd.grad(log_probs.gather(1, target[:, None]).sum(), x_leaf)
+    logits = model(x_leaf)
+    probs = torch.softmax(logits.detach().double(), dim=1)
+    weights = -probs
+    others = probs.scatter(1, target[:, None], 0.0).sum(1)  # 1 - p_t without the cancellation
+    weights = weights.scatter(1, target[:, None], others[:, None])
+    (grad,) = torch.autograd.grad(logits, x_leaf, grad_outputs=weights.to(logits.dtype))
     return grad.abs().sum(1, keepdim=True)
 
 
@@ -311,6 +321,8 @@ class MapMethod:
         needs_background: takes a background set (``baselines``).
         needs_seed: draws at random, from each image's seed.
         in_default_study: among :data:`DEFAULT_STUDY_METHODS`.
+        control: a control every map should beat (the random map), not a competitor in claims of the form
+            "iFIM's map changes most" that noise wins trivially.
     """
 
     name: str
@@ -322,6 +334,7 @@ class MapMethod:
     needs_background: bool = False
     needs_seed: bool = False
     in_default_study: bool = True
+    control: bool = False
 
     def __post_init__(self):
         if not self.maps:
@@ -390,12 +403,24 @@ MAP_METHODS: Dict[str, MapMethod] = {m.name: m for m in (
     MapMethod("gradientshap", "GradientShap", _gradientshap_map, needs_background=True, needs_seed=True,
               in_default_study=False),
     MapMethod("vanilla_gradient", "vanilla gradient", _vanilla_gradient_map),
-    MapMethod("random", "random map", _random, needs_target=False, needs_seed=True),
+    MapMethod("random", "random map", _random, needs_target=False, needs_seed=True, control=True),
 )}
 IFIM = MAP_METHODS["ifim"]  # the method the paper's claims are about
 MAPS = tuple(name for method in MAP_METHODS.values() for name in method.maps)  # every map attribute() returns
 DEFAULT_STUDY_METHODS = tuple(name for name, method in MAP_METHODS.items() if method.in_default_study)
+CONTROL_MAPS = tuple(name for method in MAP_METHODS.values() if method.control for name in method.maps)
 _METHOD_OF = {name: method for method in MAP_METHODS.values() for name in method.maps}
+# what a reader calls each method and map in figures and tables (results and CSVs keep the names above)
+DISPLAY_NAMES = {**{name: method.display for name, method in MAP_METHODS.items()},
+                 **{name: method.display for method in MAP_METHODS.values() for name in method.maps
+                    if len(method.maps) == 1},
+                 IFIM.maps[0]: f"{IFIM.display} S(x)", IFIM.maps[1]: f"{IFIM.display} I(x)",
+                 IFIM.name: f"{IFIM.display} (S vs I)"}
+
+
+def display_name(name: str) -> str:
+    """A method's or map's name as a reader knows it (``Grad-CAM++``, ``iFIM S(x)``); unknown names as given."""
+    return DISPLAY_NAMES.get(name, name)
 
 
 def select_methods(names: Optional[Sequence[str]] = None) -> List[MapMethod]:

@@ -15,7 +15,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 __all__ = ["unit_bootstrap_weights", "percentile_interval", "resampled_means", "paired_differences",
-           "bootstrap_interval"]
+           "bootstrap_interval", "bootstrap_p_value", "holm"]
 
 
 def unit_bootstrap_weights(units: Sequence, n_resamples: int, seed: int = 0) -> np.ndarray:
@@ -66,3 +66,27 @@ def bootstrap_interval(values: Sequence[float], n_resamples: int = 2000, seed: i
         return mean, math.nan, math.nan
     weights = unit_bootstrap_weights(range(array.size), n_resamples, seed)
     return (mean, *percentile_interval(resampled_means(array, weights)))
+
+
+def bootstrap_p_value(differences: np.ndarray) -> float:
+    """One-sided bootstrap p-value of "ours is higher" from resampled differences ours minus other ``(R,)``: the
+    share of resamples at or below 0, counted as (1 + k) / (1 + R) so it is never 0 (NaN resamples left out; NaN
+    when all are)."""
+    values = np.asarray(differences, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if not values.size:
+        return math.nan
+    return float((1 + np.count_nonzero(values <= 0)) / (1 + values.size))
+
+
+def holm(p_values: Sequence[float]) -> List[float]:
+    """Holm's step-down adjustment of a family of p-values (family-wise error rate); NaN ones stay NaN and do not
+    count towards the family. Written here: scipy has no Holm, and statsmodels is not a dependency."""
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, math.nan)
+    order = [i for i in np.argsort(p, kind="stable") if not np.isnan(p[i])]
+    running, m = 0.0, len(order)
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()

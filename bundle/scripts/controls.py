@@ -32,15 +32,22 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, ContextManager, Dict, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Callable, ClassVar, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from .atomic import write_csv
-from .attribution import IFIM, MAP_METHODS, MapMethod
-from .bootstrap import paired_differences, percentile_interval, resampled_means, unit_bootstrap_weights
+from .attribution import CONTROL_MAPS, IFIM, MAP_METHODS, MapMethod, display_name
+from .bootstrap import (
+    bootstrap_p_value,
+    holm,
+    paired_differences,
+    percentile_interval,
+    resampled_means,
+    unit_bootstrap_weights,
+)
 from .metrics import (
     Fill,
     curve_auc,
@@ -53,11 +60,12 @@ from .metrics import (
     perturbation_masks,
     perturbation_scores,
     perturbed_probabilities,
+    random_sign,
     randomized_copy,
     signal_localization,
     spearman_per_image,
 )
-from .verdicts import best, ci, fmt, judge, table
+from .verdicts import TIE, best, ci, fmt, interval_status, judge, table, verdict
 from .visualize import grouped_bar_figure, line_panels_figure, save_figure_atomic
 
 __all__ = ["StudySetup", "StudyBatch", "StudyTotals", "Section", "Sections", "Control", "ContrastivePerturbation",
@@ -174,6 +182,10 @@ class Section:
         """Rows ``[claim, what the paper reports, this run]`` of the report's "Beside the paper" table."""
         return []
 
+    def primary_lines(self) -> List[str]:
+        """The declared primary endpoint and its answer, which the report states before any other number."""
+        return []
+
     def render(self, out: Path) -> List[str]:
         """Write its CSVs and figures into ``out``; return its Markdown lines."""
         return []
@@ -222,6 +234,10 @@ class Control:
         raise NotImplementedError
 
 
+def _defined(value) -> bool:
+    return value is not None and not math.isnan(value)
+
+
 def _alpha_keys(alphas: Sequence[float]) -> List[str]:
     return [f"{a:g}" for a in alphas]
 
@@ -235,18 +251,34 @@ class ContrastivePerturbation(Control):
     "low" | "random")``); F1 scores, ratios and drops against the clean predictions, with intervals and the paired
     interval of iFIM's ratio minus every other method's.
 
+    The answer to "does Fig. 3's claim hold" is one primary endpoint, declared with the study: iFIM's F1 ratio under
+    one fill at one fraction is higher than every other method's, each paired 95 % interval clear of 0 (an
+    intersection-union test: no adjustment needed). Every other fill, fraction and method is a secondary family:
+    one-sided bootstrap p-values of iFIM's ratio above each method's, Holm-adjusted over the whole family.
+
     Args:
         fills: what replaces the perturbed pixels (``scripts.metrics.GaussianFill``, ``NoisyLinearImputation``),
             one or more with distinct ``tag`` s, the same fill for every method.
+        primary: the primary endpoint, ``{"fill": <fill tag>, "alpha": <one of the study's alphas>,
+            "provenance": <how and when it was chosen>}``; None: no primary endpoint (the report says so).
     """
 
     accumulators = ("probabilities",)
 
-    def __init__(self, fills: Sequence[Fill]):
+    def __init__(self, fills: Sequence[Fill], primary: Optional[Mapping[str, object]] = None):
         tags = [fill.tag for fill in fills]
         if not tags or len(set(tags)) != len(tags):
             raise ValueError(f"the fills must be one or more with distinct tags, got {tags}.")
         self.fills = list(fills)
+        self.primary = None if primary is None else dict(primary)
+        if self.primary is not None and self.primary.get("fill") not in tags:
+            raise ValueError(f"primary: fill {self.primary.get('fill')!r} is not one of the fills' tags {tags}.")
+
+    def setup(self, study: StudySetup) -> None:
+        if self.primary is not None and float(self.primary.get("alpha", math.nan)) not in study.alphas:
+            raise ValueError(f"primary: alpha {self.primary.get('alpha')!r} is not one of the study's alphas "
+                             f"{list(study.alphas)}.")
+        super().setup(study)
 
     def reset(self) -> None:
         # fill tag -> method -> (alpha, set) -> [(B, C) probabilities]
@@ -265,6 +297,7 @@ class ContrastivePerturbation(Control):
         scores: Dict[str, dict] = {}
         intervals: Dict[str, dict] = {}
         differences: Dict[str, dict] = {}
+        ratios_by_fill: Dict[str, dict] = {}
         for fill in self.fills:
             scores[fill.tag], intervals[fill.tag], resampled_ratios = {}, {}, {}
             for method in self.study.method_names:
@@ -283,9 +316,34 @@ class ContrastivePerturbation(Control):
             # paired: the resample's iFIM value minus the other method's, for the paper's claims
             differences[fill.tag] = {a: paired_differences({m: r[a] for m, r in resampled_ratios.items()}, IFIM.name)
                                      for a in _alpha_keys(self.study.alphas)}
+            ratios_by_fill[fill.tag] = resampled_ratios
+        primary = None if self.primary is None else {
+            "fill": self.primary["fill"], "alpha": f"{float(self.primary['alpha']):g}",
+            "provenance": str(self.primary.get("provenance") or "")}
         return PerturbationResult(list(self.study.alphas), [{"tag": f.tag, "name": f.name} for f in self.fills],
                                   self.study.seed, scores, intervals, differences,
-                                  {f.tag: f.provenance for f in self.fills if getattr(f, "provenance", None)})
+                                  {f.tag: f.provenance for f in self.fills if getattr(f, "provenance", None)},
+                                  primary, _secondary_tests(ratios_by_fill))
+
+
+def _secondary_tests(ratios: Dict[str, Dict[str, Dict[str, np.ndarray]]]) -> Dict[str, dict]:
+    """``{fill: {alpha: {method: {"p", "p_holm"}}}}``: the one-sided bootstrap p-value of iFIM's ratio above each
+    other method's (``ratios[fill][method][alpha]``: resampled ratios), Holm-adjusted over every fill, fraction and
+    method together."""
+    keys, p_values = [], []
+    for tag, per_method in ratios.items():
+        if IFIM.name not in per_method:
+            continue
+        for alpha, ours in per_method[IFIM.name].items():
+            for method, values in per_method.items():
+                if method != IFIM.name:
+                    with np.errstate(invalid="ignore"):
+                        p_values.append(bootstrap_p_value(ours - values[alpha]))
+                    keys.append((tag, alpha, method))
+    tests: Dict[str, dict] = {}
+    for (tag, alpha, method), p, adjusted in zip(keys, p_values, holm(p_values)):
+        tests.setdefault(tag, {}).setdefault(alpha, {})[method] = {"p": p, "p_holm": adjusted}
+    return tests
 
 
 @dataclass
@@ -293,7 +351,9 @@ class PerturbationResult(Section):
     """The contrastive perturbation study: ``scores[fill tag][method][alpha]`` (``f1_clean``, ``f1_high``,
     ``f1_low``, ``f1_random``, ``ratio``, ``drop_high``, ``drop_low``, ``drop_random``), their intervals in the
     same layout, ``differences[fill tag][alpha][method]``: the paired interval of iFIM's ratio minus the method's;
-    ``provenance``: per fill tag, how the fill was chosen where the report must say so."""
+    ``provenance``: per fill tag, how the fill was chosen where the report must say so; ``primary``: the declared
+    primary endpoint (``fill`` tag, ``alpha``, ``provenance``); ``tests[fill][alpha][method]``: the secondary
+    family's one-sided p-values of iFIM's ratio above the method's, raw and Holm-adjusted."""
 
     files: ClassVar[Tuple[str, ...]] = ("perturbation.csv", "fig3_perturbation_ratio.png", "fig3_f1_drops.png")
     alphas: List[float]
@@ -303,13 +363,17 @@ class PerturbationResult(Section):
     score_intervals: Dict[str, dict] = field(default_factory=dict)
     differences: Dict[str, dict] = field(default_factory=dict)
     provenance: Dict[str, str] = field(default_factory=dict)
+    primary: Optional[Dict[str, str]] = None
+    tests: Dict[str, dict] = field(default_factory=dict)
+    level: ClassVar[float] = 0.05  # the family-wise error rate of the secondary family
 
     @property
     def names(self) -> Dict[str, str]:
         return {f["tag"]: f["name"] for f in self.fills}
 
     def results(self) -> dict:
-        return {"perturbation": self.scores, "noise_models": self.fills, "noise_seed": self.seed}
+        return {"perturbation": self.scores, "noise_models": self.fills, "noise_seed": self.seed,
+                "perturbation_primary": self.primary, "perturbation_tests": self.tests}
 
     def intervals(self) -> Intervals:
         return {"perturbation": self.score_intervals, f"ratio_{IFIM.name}_minus": self.differences}
@@ -319,20 +383,59 @@ class PerturbationResult(Section):
                 for tag, per_method in self.scores.items() for method, per_alpha in per_method.items()
                 for alpha, values in per_alpha.items()}
 
+    def primary_verdict(self) -> Tuple[str, Optional[bool]]:
+        """The declared primary endpoint and its verdict: whether iFIM's ratio is above every other method's with
+        each paired interval clear of 0 (None: no primary endpoint, or not computable)."""
+        if self.primary is None:
+            return ("No primary endpoint was declared (ContrastivePerturbation's `primary` in configs/evaluate.yaml): "
+                    "every comparison below is exploratory."), None
+        tag, alpha = self.primary["fill"], self.primary["alpha"]
+        question = (f"Primary endpoint: under {self.names.get(tag, tag)} at {_percent(alpha)} % of pixels, is "
+                    f"{IFIM.display}'s F1 ratio above every other method's, each paired 95 % interval of the "
+                    "difference clear of 0?")
+        if self.primary.get("provenance"):
+            question += f" Declared {self.primary['provenance']}."
+        per_method = self.scores.get(tag, {})
+        differences = self.differences.get(tag, {}).get(alpha, {})
+        others = [m for m in per_method if m != IFIM.name]
+        if IFIM.name not in per_method or not others or not differences:
+            return question + " Not computable in this run (no iFIM ratio, other method or interval).", None
+        degenerate = self.uninformative(tag)
+        if degenerate:
+            question += f" The primary fill is {degenerate}."
+        status = {m: interval_status(differences, m, 1.0) for m in others}
+        failing = [m for m in others if status[m] != "clear"]
+        ours = per_method[IFIM.name][alpha]["ratio"]
+        answer = (f" Answer: {'yes' if not failing else 'no'}. {IFIM.display}'s ratio is {fmt(ours)}"
+                  + ci(self.score_intervals.get(tag, {}).get(IFIM.name, {}).get(alpha, {}).get("ratio"))
+                  + f"; clear of 0 against {len(others) - len(failing)} of {len(others)} methods")
+        if failing:
+            answer += "; not against " + ", ".join(
+                f"{m} ({fmt(per_method[m][alpha]['ratio'])}, difference{ci(differences.get(m)) or ' n/a'}: "
+                f"{status[m] or 'no interval'})" for m in failing)
+        return question + answer + ".", not failing
+
     def _judged(self) -> Tuple[List[str], Dict[str, int]]:
-        """Fig. 3's claim (iFIM has the highest F1 ratio) under every fill, and per fill name at how many fractions
-        it holds with an interval clear of 0."""
+        """The secondary family per fill: at each fraction the point verdict (does iFIM have the highest ratio) and
+        against how many methods its ratio is higher at family-wise 5 % (Holm); per fill name, at how many
+        fractions it is higher than every method."""
         lines, holds_clear, names = [], {}, self.names
+        family = sum(len(per_method) for per_alpha in self.tests.values() for per_method in per_alpha.values())
         for tag, perturbation in self.scores.items():
             if IFIM.name not in perturbation:
                 continue
-            differences = self.differences.get(tag, {})
             parts, clear = [], 0
             for alpha in _alpha_keys(self.alphas):
                 ratios = {m: v[alpha]["ratio"] for m, v in perturbation.items()}
-                claim, holds = judge(ratios, IFIM.name, differences.get(alpha, {}), highest=True)
-                clear += holds
-                parts.append(f"at {_percent(alpha)} % it {claim} ({IFIM.display}'s ratio {fmt(ratios[IFIM.name])})")
+                tests = self.tests.get(tag, {}).get(alpha, {})
+                below = [m for m, t in tests.items() if _defined(t["p_holm"]) and t["p_holm"] < self.level]
+                clear += bool(tests) and len(below) == len(tests)
+                part = f"at {_percent(alpha)} % {IFIM.display}'s ratio is {fmt(ratios[IFIM.name])} and the claim " \
+                       f"that it is the highest {verdict(ratios, IFIM.name, highest=True)}"
+                if tests:
+                    part += (f"; it is above {len(below)} of {len(tests)} other methods at family-wise "
+                             f"{100 * self.level:g} % (Holm over {family} comparisons)")
+                parts.append(part)
                 ours = perturbation[IFIM.name][alpha]
                 if ours["drop_high"] <= ours["drop_random"]:
                     parts.append(f"at {_percent(alpha)} % replacing {IFIM.display}'s top pixels lowers F1 by "
@@ -340,26 +443,63 @@ class PerturbationResult(Section):
                                  f"({fmt(ours['drop_random'])}): the ratio reflects how harmless the bottom set is, "
                                  "not that the top set is special")
             holds_clear[names.get(tag, tag)] = clear
-            lines.append(f"Pixels replaced by {names.get(tag, tag)}: the claim that {IFIM.display} gets the highest F1 "
-                         "ratio: " + "; ".join(parts) + ".")
-        if holds_clear:
-            lines.append(f"Summary of Fig. 3's claim over {len(self.alphas)} pixel fractions: "
-                         f"{self._summary(holds_clear)}.")
+            degenerate = self.uninformative(tag)
+            lines.append(f"Pixels replaced by {names.get(tag, tag)}{self._role(tag)}: " + "; ".join(
+                ([degenerate] if degenerate else []) + parts) + ".")
+        if holds_clear and self.tests:
+            lines.append(f"Secondary family over {len(self.alphas)} pixel fractions: {self._summary(holds_clear)}.")
         return lines, holds_clear
+
+    def uninformative(self, tag: str) -> Optional[str]:
+        """Why the fill ``tag`` says nothing about the maps, from its numbers: at every fraction replacing random
+        pixels lowers F1 as much as replacing any map's top pixels (within :data:`scripts.verdicts.TIE`), e.g. a
+        fill under which every image gets the same prediction; None when some map's top set does more."""
+        per_method = self.scores.get(tag, {})
+        alphas = _alpha_keys(self.alphas)
+        if not per_method or not alphas:
+            return None
+        random_drops, top_drops = [], []
+        for alpha in alphas:
+            drops = [v[alpha]["drop_high"] for v in per_method.values() if _defined(v[alpha]["drop_high"])]
+            random_drop = max(v[alpha]["drop_random"] for v in per_method.values())
+            if not drops or not _defined(random_drop) or random_drop < max(drops) - TIE:
+                return None
+            random_drops.append(random_drop)
+            top_drops.append(max(drops))
+        return (f"uninformative: at every fraction replacing random pixels lowers F1 as much as replacing any map's "
+                f"top pixels (random {', '.join(fmt(v) for v in random_drops)}; the largest top-set drop "
+                f"{', '.join(fmt(v) for v in top_drops)}), so the fill, not the map, decides the predictions and "
+                "its ratios are no evidence about the maps")
+
+    def _role(self, tag: str) -> str:
+        if self.primary is None:
+            return " (exploratory)"
+        return " (holds the primary endpoint; the rest is secondary)" if tag == self.primary["fill"] else \
+            " (secondary)"
 
     def _summary(self, holds_clear: Dict[str, int]) -> str:
         counts = ", ".join(f"{k} of {len(self.alphas)} under {name}" for name, k in holds_clear.items())
-        return f"it holds with a 95 % interval clear of 0 at {counts}"
+        return (f"{IFIM.display}'s ratio is above every other method's at family-wise {100 * self.level:g} % "
+                f"(Holm) at {counts}")
 
     def findings(self, sections: Sections) -> List[str]:
         return self._judged()[0]
 
+    def primary_lines(self) -> List[str]:
+        return [self.primary_verdict()[0]]
+
     def paper_rows(self, sections: Sections) -> List[List[str]]:
         holds_clear = self._judged()[1]
-        if not holds_clear:
-            return []
-        return [[f"Fig. 3: {IFIM.display} has the highest F1 ratio at 1, 2, 3 %", "holds for every task and classifier",
-                 self._summary(holds_clear)]]
+        rows = []
+        if self.primary is not None:
+            holds = self.primary_verdict()[1]
+            rows.append([f"Fig. 3: {IFIM.display} has the highest F1 ratio (primary endpoint)",
+                         "holds for every task and classifier",
+                         {True: "holds", False: "does not hold", None: "not computable"}[holds]])
+        if holds_clear and self.tests:
+            rows.append([f"Fig. 3: {IFIM.display} has the highest F1 ratio at 1, 2, 3 % (secondary)",
+                         "holds for every task and classifier", self._summary(holds_clear)])
+        return rows
 
     def render(self, out: Path) -> List[str]:
         names, alphas = self.names, _alpha_keys(self.alphas)
@@ -370,12 +510,14 @@ class PerturbationResult(Section):
                    for tag, per_method in self.scores.items() for method, per_alpha in per_method.items()
                    for alpha, v in per_alpha.items()])
         self._figures(out)
-        provenance = "".join(f", except that {names.get(tag, tag)} {note}" for tag, note in self.provenance.items())
+        provenance = (" How a fill was chosen, as the config records it: " + "; ".join(
+            f"{names.get(tag, tag)} {note}" for tag, note in self.provenance.items()) + "." if self.provenance
+            else " The config records nothing on how the fills were chosen.")
         lines = ["## Contrastive pixel perturbation (eq. 23-26, Fig. 3)", "",
                  f"k = ceil(alpha HW) pixels replaced, under each fill below (seed {self.seed}), the same fill for "
                  f"every method. {IFIM.display}: TopK(S) vs BottomK(I); others: top-k vs bottom-k of the same map; "
                  "`random`: k random pixels (control). F1 of class 1 (C = 2) or macro. The paper says only \"a fixed "
-                 f"distribution\"; evaluate.yaml's fills were set in advance, not tuned on test results{provenance}.",
+                 f"distribution\".{provenance}",
                  ""]
         for tag, per_method in self.scores.items():
             intervals = self.score_intervals.get(tag, {})
@@ -386,7 +528,7 @@ class PerturbationResult(Section):
             lines += [f"### {names.get(tag, tag)}", "",
                       table(["method"] + [f"ratio {_percent(a)} %" for a in alphas]
                             + [f"drop high / low / random {_percent(a)} %" for a in alphas],
-                            [[m] + [cell(m, a, "ratio") for a in alphas]
+                            [[display_name(m)] + [cell(m, a, "ratio") for a in alphas]
                              + [" / ".join(cell(m, a, f"drop_{s}") for s in ("high", "low", "random")) for a in alphas]
                              for m in per_method]), ""]
         return lines + ["![ratio](fig3_perturbation_ratio.png)", "", "![drops](fig3_f1_drops.png)", ""]
@@ -395,11 +537,11 @@ class PerturbationResult(Section):
         alphas, tags = _alpha_keys(self.alphas), list(self.scores)
         groups = [f"{self.names.get(t, t).split(' (')[0]}\n{_percent(a)} %" for t in tags for a in alphas]
         methods = list(self.scores[tags[0]])
-        ratios = {m: [self.scores[t][m][a]["ratio"] for t in tags for a in alphas] for m in methods}
+        ratios = {display_name(m): [self.scores[t][m][a]["ratio"] for t in tags for a in alphas] for m in methods}
         save_figure_atomic(grouped_bar_figure(ratios, groups, "F1 low / F1 high", "Contrastive pixel perturbation "
                                               "(Fig. 3) under each fill: higher = top pixels matter more",
                                               reference=1.0), out / "fig3_perturbation_ratio.png")
-        drops = {f"{m} {s}": [self.scores[t][m][a][f"drop_{s}"] for t in tags for a in alphas]
+        drops = {f"{display_name(m)} {s}": [self.scores[t][m][a][f"drop_{s}"] for t in tags for a in alphas]
                  for m in methods for s in ("high", "random") if m == IFIM.name or s == "high"}
         save_figure_atomic(grouped_bar_figure(drops, groups, "F1 drop", "F1 drop after replacing top-k pixels, and "
                                               "the random-pixel control"), out / "fig3_f1_drops.png")
@@ -514,7 +656,7 @@ class CurvesResult(Section):
         write_csv(out / "curves.csv", ["method", "alpha", *CURVE_KEYS],
                   [[method, alpha] + [v[key][i] for key in CURVE_KEYS]
                    for method, v in methods.items() for i, alpha in enumerate(alphas)])
-        panels = {f"{label}, {order}": {m: v[f"{order.lower()}_{key}"] for m, v in methods.items()}
+        panels = {f"{label}, {order}": {display_name(m): v[f"{order.lower()}_{key}"] for m, v in methods.items()}
                   for key, label in (("f1", "F1"), ("prob", "true-class probability")) for order in ("MoRF", "LeRF")}
         save_figure_atomic(line_panels_figure([100 * a for a in alphas], panels, "pixels removed (%)",
                                               f"Deletion curves, pixels replaced by {self.curves['fill']}: MoRF low "
@@ -529,19 +671,22 @@ class CurvesResult(Section):
                 "better.", "",
                 table(["method", "MoRF F1", "LeRF F1", "LeRF - MoRF (F1)", "MoRF p(true)", "LeRF p(true)",
                        "LeRF - MoRF (p)"],
-                      [[m] + [fmt(v["auc"][k]) + ci(self.auc_intervals.get(m, {}).get(k)) for k in keys]
+                      [[display_name(m)] + [fmt(v["auc"][k]) + ci(self.auc_intervals.get(m, {}).get(k)) for k in keys]
                        for m, v in methods.items()]), "", "![curves](fig_deletion_curves.png)", ""]
 
 
 class FGSMStability(Control):
     """eq. 27: per map, the Pearson correlation of the maps of x and of x_adv (explaining the clean prediction),
-    and whether the attack flipped the prediction; the paired interval of S minus every other map.
+    and whether the attack flipped the prediction; the paired interval of S minus every other map. Its control: the
+    same for a random-sign perturbation of the same epsilon (``scripts.metrics.random_sign``), which moves every
+    entry as far as FGSM in no particular direction, and the paired interval of each map's FGSM minus random-sign
+    correlation (a map that changes as much under noise as under the attack says nothing about the attack).
 
     Args:
         epsilon: the FGSM step, in image intensity units.
     """
 
-    accumulators = ("flipped", "pearson")
+    accumulators = ("flipped", "pearson", "flipped_random", "pearson_random")
 
     def __init__(self, epsilon: float):
         self.epsilon = epsilon
@@ -549,32 +694,49 @@ class FGSMStability(Control):
     def reset(self) -> None:
         self.flipped: List[float] = []
         self.pearson: Dict[str, List[float]] = {m: [] for m in self.study.maps}
+        self.flipped_random: List[float] = []
+        self.pearson_random: Dict[str, List[float]] = {m: [] for m in self.study.maps}
 
     def update(self, batch: StudyBatch) -> None:
         with batch.timed("fgsm: attack"):
             x_adv = fgsm(batch.model, batch.x, batch.y, self.epsilon)
+            x_random = random_sign(batch.x, self.epsilon, batch.seeds)
             self.flipped += (eval_logits(batch.model, x_adv).argmax(1) != batch.target).double().tolist()
+            self.flipped_random += (eval_logits(batch.model, x_random).argmax(1) != batch.target).double().tolist()
         adv_maps = batch.maps_of(batch.model, x_adv, "fgsm maps")
+        random_maps = batch.maps_of(batch.model, x_random, "random-sign maps")
         with batch.timed("correlations"):
             for m in self.study.maps:
                 self.pearson[m] += pearson_per_image(batch.maps[m], adv_maps[m]).tolist()
+                self.pearson_random[m] += pearson_per_image(batch.maps[m], random_maps[m]).tolist()
 
     def compute(self, totals: StudyTotals) -> "FGSMResult":
+        maps = self.study.maps
         result = FGSMResult({"epsilon": self.epsilon, "flip_rate": float(np.mean(self.flipped)),
-                             "pearson": {m: mean_std(self.pearson[m]) for m in self.study.maps}})
+                             "pearson": {m: mean_std(self.pearson[m]) for m in maps},
+                             "random_sign": {"flip_rate": float(np.mean(self.flipped_random)),
+                                             "pearson": {m: mean_std(self.pearson_random[m]) for m in maps}}})
         if totals.weights is not None:
-            means = {m: resampled_means(self.pearson[m], totals.weights) for m in self.study.maps}
+            weights = totals.weights
+            means = {m: resampled_means(self.pearson[m], weights) for m in maps}
+            random_means = {m: resampled_means(self.pearson_random[m], weights) for m in maps}
+            with np.errstate(invalid="ignore"):
+                minus_random = {m: percentile_interval(means[m] - random_means[m]) for m in maps}
             result.stability_intervals = {
-                "fgsm_flip_rate": percentile_interval(resampled_means(self.flipped, totals.weights)),
+                "fgsm_flip_rate": percentile_interval(resampled_means(self.flipped, weights)),
                 "fgsm_pearson": {m: percentile_interval(v) for m, v in means.items()},
-                f"fgsm_pearson_{SENSITIVE}_minus": paired_differences(means, SENSITIVE)}
+                f"fgsm_pearson_{SENSITIVE}_minus": paired_differences(means, SENSITIVE),
+                "random_sign_flip_rate": percentile_interval(resampled_means(self.flipped_random, weights)),
+                "random_sign_pearson": {m: percentile_interval(v) for m, v in random_means.items()},
+                "fgsm_minus_random_sign_pearson": minus_random}
         return result
 
 
 @dataclass
 class FGSMResult(Section):
-    """FGSM stability: ``fgsm`` = ``{"epsilon", "flip_rate", "pearson": {map: mean_std}}``; its intervals: the flip
-    rate's, each map's mean correlation's, and the paired intervals of S minus every other map."""
+    """FGSM stability: ``fgsm`` = ``{"epsilon", "flip_rate", "pearson": {map: mean_std}, "random_sign":
+    {"flip_rate", "pearson"}}``; its intervals: the flip rates', each map's mean correlation's, the paired intervals
+    of S minus every other map, and of each map's FGSM minus random-sign correlation."""
 
     files: ClassVar[Tuple[str, ...]] = ("fgsm.csv", "fig4_fgsm_correlation.png")
     fgsm: dict
@@ -591,21 +753,44 @@ class FGSMResult(Section):
         return {**metrics, f"{prefix}_fgsm_flip_rate": self.fgsm["flip_rate"]}
 
     def verdict(self) -> Optional[str]:
-        """Fig. 4's claim (S has the lowest clean / adversarial correlation), judged with the paired interval."""
-        correlations = {m: v["mean"] for m, v in self.fgsm["pearson"].items()}
+        """Fig. 4's claim (S has the lowest clean / adversarial correlation among the maps), judged with the paired
+        interval; control maps (fresh noise for x_adv correlates ~0 by construction) are its floor, not rivals."""
+        correlations = {m: v["mean"] for m, v in self.fgsm["pearson"].items() if m not in CONTROL_MAPS}
         if SENSITIVE not in correlations:
             return None
-        return judge(correlations, SENSITIVE, self.stability_intervals.get(f"fgsm_pearson_{SENSITIVE}_minus", {}),
-                     highest=False)[0]
+        claim = judge(correlations, SENSITIVE, self.stability_intervals.get(f"fgsm_pearson_{SENSITIVE}_minus", {}),
+                      highest=False)[0]
+        floors = [f"the {m} map, a control, correlates {fmt(v['mean'])}" for m, v in self.fgsm["pearson"].items()
+                  if m in CONTROL_MAPS]
+        return claim + (f" ({'; '.join(floors)})" if floors else "")
+
+    def _against_random_sign(self) -> Optional[str]:
+        """What S's correlation under the attack says beside the random-sign control."""
+        control = self.fgsm.get("random_sign")
+        if not control or SENSITIVE not in control["pearson"]:
+            return None
+        attacked, noised = self.fgsm["pearson"][SENSITIVE]["mean"], control["pearson"][SENSITIVE]["mean"]
+        interval = self.stability_intervals.get("fgsm_minus_random_sign_pearson", {}).get(SENSITIVE)
+        status = interval_status({"random": interval}, "random", -1.0) if interval else None
+        said = {"clear": "the attack lowers it more than the random perturbation does",
+                "other way": "the random perturbation lowers it more than the attack does",
+                "tie": "the two lower it alike", "includes 0": "the difference is not resolved by this test set",
+                None: "no interval of the difference"}[status]
+        return (f"Beside a random-sign perturbation of the same epsilon, which flips "
+                f"{fmt(100 * control['flip_rate'], 1)} % of predictions against the attack's "
+                f"{fmt(100 * self.fgsm['flip_rate'], 1)} %, the sensitive map's correlation is {fmt(noised)} against "
+                f"{fmt(attacked)} under FGSM (FGSM minus random sign{ci(interval) or ': n/a'}): {said}.")
 
     def findings(self, sections: Sections) -> List[str]:
         claim = self.verdict()
         if claim is None:
             return []
-        return [f"FGSM (epsilon {self.fgsm['epsilon']:g}, {fmt(100 * self.fgsm['flip_rate'], 1)} % of predictions "
-                f"flipped): the claim that the {IFIM.display} sensitive map has the lowest clean/adversarial "
-                f"correlation {claim}; its mean correlation is {fmt(self.fgsm['pearson'][SENSITIVE]['mean'])}. Low "
-                "correlation measures sensitivity to the attack, not faithfulness."]
+        lines = [f"FGSM (epsilon {self.fgsm['epsilon']:g}, {fmt(100 * self.fgsm['flip_rate'], 1)} % of predictions "
+                 f"flipped): the claim that the {IFIM.display} sensitive map has the lowest clean/adversarial "
+                 f"correlation {claim}; its mean correlation is {fmt(self.fgsm['pearson'][SENSITIVE]['mean'])}. Low "
+                 "correlation measures sensitivity to the attack, not faithfulness."]
+        control = self._against_random_sign()
+        return lines + ([control] if control else [])
 
     def paper_rows(self, sections: Sections) -> List[List[str]]:
         claim = self.verdict()
@@ -614,20 +799,31 @@ class FGSMResult(Section):
 
     def render(self, out: Path) -> List[str]:
         pearson = self.fgsm["pearson"]
-        write_csv(out / "fgsm.csv", ["map", "pearson_mean", "pearson_std", "n", "n_undefined"],
-                  [[m, v["mean"], v["std"], v["n"], v["n_undefined"]] for m, v in pearson.items()])
-        save_figure_atomic(grouped_bar_figure({m: [v["mean"]] for m, v in pearson.items()}, ["clean vs FGSM"],
+        control = (self.fgsm.get("random_sign") or {}).get("pearson", {})
+        write_csv(out / "fgsm.csv", ["map", "pearson_mean", "pearson_std", "n", "n_undefined", "random_sign_mean"],
+                  [[m, v["mean"], v["std"], v["n"], v["n_undefined"], control.get(m, {}).get("mean")]
+                   for m, v in pearson.items()])
+        save_figure_atomic(grouped_bar_figure({display_name(m): [v["mean"]] for m, v in pearson.items()},
+                                              ["clean vs FGSM"],
                                               "Pearson correlation", f"Clean / adversarial map correlation (Fig. 4), "
                                               f"epsilon {self.fgsm['epsilon']:g}",
-                                              errors={m: [v["std"]] for m, v in pearson.items()}),
+                                              errors={display_name(m): [v["std"]] for m, v in pearson.items()}),
                            out / "fig4_fgsm_correlation.png")
         intervals = self.stability_intervals.get("fgsm_pearson", {})
         return ["## Stability under FGSM (eq. 27, Fig. 4)", "",
                 f"epsilon = {self.fgsm['epsilon']:g}; predictions flipped: {fmt(100 * self.fgsm['flip_rate'], 1)} %"
                 f"{ci(self.stability_intervals.get('fgsm_flip_rate'), scale=100)}. Maps of x and x_adv explain the "
                 "same (clean predicted) class.", "",
-                table(["map", "Pearson mean", "std", "images", "undefined (constant map)"],
-                      [[m, fmt(v["mean"]) + ci(intervals.get(m)), fmt(v["std"]), v["n"], v["n_undefined"]]
+                "Control: a random-sign perturbation of the same epsilon flips "
+                f"{fmt(100 * (self.fgsm.get('random_sign') or {}).get('flip_rate', math.nan), 1)} %"
+                f"{ci(self.stability_intervals.get('random_sign_flip_rate'), scale=100)}; a map whose correlation "
+                "drops as much under it as under FGSM does not single out the attack.", "",
+                table(["map", "Pearson mean (FGSM)", "std", "images", "undefined (constant map)",
+                       "Pearson mean (random sign)", "FGSM - random sign"],
+                      [[display_name(m), fmt(v["mean"]) + ci(intervals.get(m)), fmt(v["std"]), v["n"], v["n_undefined"],
+                        fmt(control.get(m, {}).get("mean", math.nan))
+                        + ci(self.stability_intervals.get("random_sign_pearson", {}).get(m)),
+                        ci(self.stability_intervals.get("fgsm_minus_random_sign_pearson", {}).get(m)).strip() or "n/a"]
                        for m, v in pearson.items()]), "", "![fgsm](fig4_fgsm_correlation.png)", ""]
 
 
@@ -718,6 +914,7 @@ class ComplementResult(Section):
     """``correlation``: mean_std of the per-image Pearson correlation of I(x) with |x|, and its ``interval``."""
 
     correlation: dict
+    close: ClassVar[float] = 0.9  # a correlation whose whole interval lies above this counts as "close to |x|"
 
     def results(self) -> dict:
         return {"complement_vs_image": self.correlation}
@@ -727,9 +924,11 @@ class ComplementResult(Section):
             return []
         r = self.correlation["mean"]
         low, high = self.correlation.get("interval", [math.nan, math.nan])
-        if r < 0.9:
-            return [f"I(x) differs from the image: its Pearson correlation with |x| averages {fmt(r)} "
-                    f"[{fmt(low)}, {fmt(high)}]."]
+        bound = self.close
+        if not (_defined(low) and low >= bound):
+            said = ("differs from the image" if _defined(high) and high < bound else
+                    f"is not resolved as close to the image (its interval reaches below {bound:g})")
+            return [f"I(x) {said}: its Pearson correlation with |x| averages {fmt(r)} [{fmt(low)}, {fmt(high)}]."]
         fgsm_result = sections.find(FGSMResult)
         stability = (fgsm_result.fgsm["pearson"].get(COMPLEMENT, {}) if fgsm_result else {}).get("mean", math.nan)
         return [f"I(x) is close to the image itself: its Pearson correlation with |x| averages {fmt(r)} "
@@ -858,11 +1057,16 @@ class SignalLocalization(Control):
         for m in results:
             results[m]["n"] = len(self.values[m]["pointing_hit"])
         intervals: Dict[str, Dict[str, List[float]]] = {}
+        paired: Dict[str, Dict[str, List[float]]] = {}
         if self.units and totals.weights is not None:
             weights = unit_bootstrap_weights(self.units, totals.n_bootstrap, totals.seed)
-            intervals = {m: {key: percentile_interval(resampled_means(values, weights))
-                             for key, values in self.values[m].items()} for m in results}
-        return LocalizationResult(results, intervals, self.radius)
+            resampled = {m: {key: resampled_means(values, weights) for key, values in self.values[m].items()}
+                         for m in results}
+            intervals = {m: {key: percentile_interval(v) for key, v in per_key.items()}
+                         for m, per_key in resampled.items()}
+            paired = {key: paired_differences({m: per_key[key] for m, per_key in resampled.items()}, SENSITIVE)
+                      for key in LocalizationResult.scores}
+        return LocalizationResult(results, intervals, self.radius, paired)
 
 
 @dataclass
@@ -871,23 +1075,39 @@ class LocalizationResult(Section):
     known signal, ``per_map_intervals`` in the same layout; ``radius``: the disk's radius in sigmas."""
 
     files: ClassVar[Tuple[str, ...]] = ("localization.csv", "fig_localization.png")
+    # the three scores a finding weighs: energy on the signal (per image the disk is the same for every map, so
+    # this ranks maps as energy / area does), the rank-based AUROC, the pointing game
+    scores: ClassVar[Tuple[str, ...]] = ("energy_fraction", "auroc", "pointing_hit")
     per_map: Dict[str, dict]
     per_map_intervals: Dict[str, dict] = field(default_factory=dict)
     radius: float = 2.0
+    paired: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)  # score -> map -> S minus map
 
     def results(self) -> dict:
         return {"localization": self.per_map}
 
     def intervals(self) -> Intervals:
-        return {"localization": self.per_map_intervals}
+        return {"localization": self.per_map_intervals, f"localization_{SENSITIVE}_minus": self.paired}
 
     def findings(self, sections: Sections) -> List[str]:
         gain = {m: v["energy_fraction"] / v["area_fraction"] for m, v in self.per_map.items() if v["area_fraction"]}
         winner = best(gain, highest=True)
         if winner is None:
             return []
-        return [f"Localization: {winner} puts the most map energy on the known signal, {fmt(gain[winner], 1)} times "
-                f"a uniform map's share; {IFIM.display} sensitive: {fmt(gain.get(SENSITIVE, math.nan), 1)} times."]
+        lines = [f"Localization: {winner} puts the most map energy on the known signal, {fmt(gain[winner], 1)} times "
+                 f"a uniform map's share; {IFIM.display} sensitive: {fmt(gain.get(SENSITIVE, math.nan), 1)} times."]
+        if SENSITIVE not in self.per_map:
+            return lines
+        names = {"energy_fraction": "energy on the signal", "auroc": "AUROC", "pointing_hit": "pointing game"}
+        judged = [(key, *judge({m: v[key] for m, v in self.per_map.items() if key in v}, SENSITIVE,
+                               self.paired.get(key, {}), highest=True)) for key in self.scores]
+        clear = [names[key] for key, _, holds in judged if holds]
+        ours = self.per_map[SENSITIVE]
+        claims = "; by ".join(f"{names[key]} ({fmt(ours.get(key, math.nan))}) it {text}" for key, text, _ in judged)
+        lines.append(f"Localization, all three scores weighed: the claim that the {IFIM.display} sensitive map "
+                     f"localizes the signal best, by {claims}. It holds with an interval clear of 0 by {len(clear)} of "
+                     f"{len(judged)} scores" + (f" ({', '.join(clear)})." if clear else "."))
+        return lines
 
     def render(self, out: Path) -> List[str]:
         if not self.per_map:
@@ -895,7 +1115,8 @@ class LocalizationResult(Section):
         loc = self.per_map
         write_csv(out / "localization.csv", ["map", "energy_fraction", "area_fraction", "pointing_hit", "n"],
                   [[m, v["energy_fraction"], v["area_fraction"], v["pointing_hit"], v["n"]] for m, v in loc.items()])
-        save_figure_atomic(grouped_bar_figure({m: [v["energy_fraction"], v["pointing_hit"]] for m, v in loc.items()},
+        save_figure_atomic(grouped_bar_figure({display_name(m): [v["energy_fraction"], v["pointing_hit"]]
+                                               for m, v in loc.items()},
                                               ["energy inside signal disk", "pointing-game hit rate"], "fraction",
                                               "Localization of the known signal (disk area fraction dashed)",
                                               reference=float(np.mean([v["area_fraction"] for v in loc.values()]))),
@@ -906,10 +1127,13 @@ class LocalizationResult(Section):
 
         return ["## Localization of the known signal", "",
                 f"Share of map energy inside the disk of radius {self.radius:g} sigma around the inserted signal, that "
-                "disk's area share (what a uniform map scores), and the pointing-game hit rate, over positives.", "",
-                table(["map", "energy inside", "area share", "energy / area", "pointing hit", "images"],
-                      [[m, fmt(v["energy_fraction"]) + interval(m, "energy_fraction"), fmt(v["area_fraction"]),
+                "disk's area share (what a uniform map scores), the AUROC of the map's values against the disk (0.5: "
+                "chance) and the pointing-game hit rate, over positives.", "",
+                table(["map", "energy inside", "area share", "energy / area", "AUROC", "pointing hit", "images"],
+                      [[display_name(m), fmt(v["energy_fraction"]) + interval(m, "energy_fraction"),
+                        fmt(v["area_fraction"]),
                         fmt(v["energy_fraction"] / v["area_fraction"] if v["area_fraction"] else math.nan, 2),
+                        fmt(v.get("auroc", math.nan)) + interval(m, "auroc"),
                         fmt(v["pointing_hit"]) + interval(m, "pointing_hit"), v["n"]] for m, v in loc.items()]), "",
                 "![localization](fig_localization.png)", ""]
 
@@ -955,6 +1179,7 @@ class RandomizationResult(Section):
     files: ClassVar[Tuple[str, ...]] = ("randomization.csv", "fig_randomization.png")
     per_map: Dict[str, dict]
     per_map_intervals: Optional[Dict[str, List[float]]] = None
+    bound: ClassVar[float] = 0.5  # a map correlated above this with the randomized model's fails the check
 
     def results(self) -> dict:
         return {"randomization": self.per_map}
@@ -963,26 +1188,29 @@ class RandomizationResult(Section):
         return {} if self.per_map_intervals is None else {"randomization": self.per_map_intervals}
 
     def findings(self, sections: Sections) -> List[str]:
-        means = {m: v["mean"] for m, v in self.per_map.items()}
-        failing = sorted(m for m, v in means.items() if v is not None and math.isfinite(v) and v > 0.5)
+        intervals = self.per_map_intervals or {}
+        failing = sorted(m for m, v in intervals.items() if _defined(v[0]) and v[0] > self.bound)
         if not failing:
             return []
-        return ["Model randomization: the maps of " + ", ".join(failing) + " keep a rank correlation above 0.5 with "
-                "those of a randomly initialised copy, so they depend little on what the model learned."]
+        return [f"Model randomization: the maps of {', '.join(failing)} keep a rank correlation above {self.bound:g} "
+                "with those of a randomly initialised copy, their whole 95 % interval above it ("
+                + ", ".join(f"{m}{ci(intervals[m])}" for m in failing) + "), so they depend little on what the "
+                "model learned."]
 
     def render(self, out: Path) -> List[str]:
         per_map = self.per_map
         write_csv(out / "randomization.csv", ["map", "spearman_mean", "spearman_std", "n", "n_undefined"],
                   [[m, v["mean"], v["std"], v["n"], v["n_undefined"]] for m, v in per_map.items()])
-        save_figure_atomic(grouped_bar_figure({m: [v["mean"]] for m, v in per_map.items()}, ["trained vs random"],
+        save_figure_atomic(grouped_bar_figure({display_name(m): [v["mean"]] for m, v in per_map.items()},
+                                              ["trained vs random"],
                                               "Spearman correlation", "Model-randomization sanity check (lower = "
                                               "map depends on the learned weights)",
-                                              errors={m: [v["std"]] for m, v in per_map.items()}),
+                                              errors={display_name(m): [v["std"]] for m, v in per_map.items()}),
                            out / "fig_randomization.png")
         intervals = self.per_map_intervals or {}
         return ["## Model-parameter randomization sanity check", "",
                 "Spearman correlation between the maps of the trained model and of a copy with every parameter "
                 "re-initialised (Adebayo et al. 2018). A map that passes changes: low correlation.", "",
                 table(["map", "Spearman mean", "std", "images", "undefined"],
-                      [[m, fmt(v["mean"]) + ci(intervals.get(m)), fmt(v["std"]), v["n"], v["n_undefined"]]
+                      [[display_name(m), fmt(v["mean"]) + ci(intervals.get(m)), fmt(v["std"]), v["n"], v["n_undefined"]]
                        for m, v in per_map.items()]), "", "![randomization](fig_randomization.png)", ""]

@@ -308,7 +308,9 @@ class AttributionStudyHandler:
         test_metrics = {k: v for k, v in metrics.items() if not k.startswith(self.prefix)}
         metrics.update(results.metrics(self.prefix))
         if self.report_dir is not None and distributed.is_main():
-            write_report(self.report_dir, results, self.study.examples, test_metrics, self.seed_table, self.context)
+            out = write_report(self.report_dir, results, self.study.examples, test_metrics, self.seed_table,
+                               self.context)
+            logger.info("evaluation report written: %s", (out / "report.md").resolve())
 
 
 class StampedCheckpointSaver(CheckpointSaver):

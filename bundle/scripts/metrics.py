@@ -43,13 +43,14 @@ __all__ = ["PERTURBATION_ALPHAS", "num_perturbed", "perturbation_masks", "random
            "replace_pixels", "GaussianFill", "NoisyLinearImputation", "f1", "f1_scores", "eval_logits",
            "perturbation_mask_sets", "perturbed_probabilities", "perturbed_predictions", "perturbation_scores",
            "curve_auc",
-           "contrastive_perturbation", "fgsm",
+           "contrastive_perturbation", "fgsm", "random_sign",
            "pearson_per_image", "spearman_per_image", "annotation_agreement", "signal_localization",
            "randomized_copy", "confusion_matrix",
            "scores_from_confusion", "classification_metric", "mean_std"]
 
 # draws derived from an image's seed s: the noise uses s, the random pixels of the i-th alpha s + 1 + i
 TIE_BREAK_OFFSET = 1 << 20  # the random order that breaks ties between equal map values
+RANDOM_SIGN_OFFSET = 1 << 21  # the signs of the random-sign control of FGSM
 # the paper's perturbed pixel fractions (Sec. IV-E: 1, 2 and 3 %)
 PERTURBATION_ALPHAS = (0.01, 0.02, 0.03)
 
@@ -400,6 +401,13 @@ def fgsm(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torc
         loss = nn.functional.cross_entropy(model(x_leaf), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x_leaf)
     return (x.detach() + epsilon * grad.sign()).detach()
+
+
+def random_sign(x: torch.Tensor, epsilon: float, seeds: torch.Tensor) -> torch.Tensor:
+    """``x + epsilon * s`` with ``s`` a random sign per pixel and channel, drawn per image from ``seeds`` ``(B,)``:
+    a perturbation as large as FGSM's (eq. 27) in every entry, in no particular direction (its control)."""
+    signs = torch.stack([torch.randint(0, 2, x.shape[1:], generator=g) for g in _generators(seeds, RANDOM_SIGN_OFFSET)])
+    return (x.detach() + epsilon * (2 * signs.to(x) - 1)).detach()
 
 
 def pearson_per_image(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import List, Mapping, Optional, Sequence
 
 from .atomic import atomic_write, remove_stale_temporaries, temporary_prefix, write_csv
+from .attribution import display_name
 from .controls import report_files
 from .study import StudyResults
 from .table2 import SCORES as TABLE2_SCORES
@@ -40,7 +41,8 @@ REPORT_FILES = _OWN_FILES + report_files()
 
 def findings(study: StudyResults, seed_table: Optional[dict] = None) -> List[str]:
     """Plain statements, each derived from the numbers: what holds of the paper's claims and what does not."""
-    lines = [line for section in study.sections for line in section.findings(study.sections)]
+    lines = [line for section in study.sections for line in section.primary_lines()]
+    lines += [line for section in study.sections for line in section.findings(study.sections)]
     if seed_table:
         n = seed_table["precision"]["n"]
         lines.append(f"Table II over {n} training seed{'s' if n != 1 else ''}: precision "
@@ -57,7 +59,8 @@ def _overlay_figure(examples: Sequence[dict], out: Path) -> Optional[str]:
         return None  # 3D maps: inference's NIfTI files on the volume's grid are the way to look at them
     boxes = [None if e["signal"] is None else (e["signal"][0], 2 * e["signal"][1]) for e in examples]
     titles = [f"label {e['label']}, pred {e['predicted']}" for e in examples]
-    save_figure_atomic(maps_grid_figure(images, [e["maps"] for e in examples], titles, boxes),
+    maps = [{display_name(name): values for name, values in e["maps"].items()} for e in examples]
+    save_figure_atomic(maps_grid_figure(images, maps, titles, boxes),
                        out / "fig1_overlays.png")
     return "fig1_overlays.png"
 
@@ -66,6 +69,9 @@ def _header(study: StudyResults, context: Mapping[str, object]) -> List[str]:
     parts = ["# iFIM evaluation report", ""]
     if context:
         parts += ["Run: " + ", ".join(f"{k} = `{v}`" for k, v in context.items()), ""]
+    primary = [line for section in study.sections for line in section.primary_lines()]
+    if primary:
+        parts += ["## Primary endpoint", ""] + primary + [""]
     parts += [f"{study.n_images} test images, {study.num_classes} classes, iFIM rho = {study.rho}. Every number below "
               "was computed by this run.", ""]
     kind = f"{study.unit_key}s" if study.unit_key else "units (each image its own)"

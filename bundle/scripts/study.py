@@ -180,8 +180,8 @@ class AttributionStudy:
         self.num_classes = int(logits.shape[1])
         target = logits.argmax(1)
         batch = StudyBatch(model, x, y, target, seeds, units, self._maps(model, x, target, seeds, "maps"),
-                           self.num_classes, lambda other, images, stage: self._maps(other, images, target, seeds,
-                                                                                     stage),
+                           self.num_classes, lambda other, images, stage: self._maps(
+                               other, images, target, image_seeds(images, self.seed), stage),  # other images: own draws
                            self._timed, signal_center, signal_sigma, signal_amplitude)
         for control in self.controls:
             control.update(batch)

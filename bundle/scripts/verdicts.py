@@ -12,18 +12,18 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["TIE", "fmt", "table", "jsonable", "best", "runner_up", "verdict", "interval_status", "paired", "ci",
-           "judge"]
+__all__ = ["TIE", "fmt", "table", "jsonable", "leaders", "best", "runner_up", "verdict", "interval_status", "paired",
+           "ci", "judge"]
 
 TIE = 1e-3  # results closer than this count as equal (e.g. S and the vanilla gradient, the same ranking for C = 2)
 
 
 def fmt(value: float, digits: int = 3) -> str:
-    """A number as the report prints it: ``digits`` decimals, ``n/a`` for None / NaN, ``inf``."""
+    """A number as the report prints it: ``digits`` decimals, ``n/a`` for None / NaN, ``inf`` / ``-inf``."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float) and math.isinf(value):
-        return "inf"
+        return "inf" if value > 0 else "-inf"
     return f"{value:.{digits}f}"
 
 
@@ -58,12 +58,29 @@ def ci(interval: Optional[Sequence[float]], scale: float = 1.0) -> str:
     return f" [{fmt(scale * low, digits)}, {fmt(scale * high, digits)}]"
 
 
+def _defined(value) -> bool:
+    return value is not None and not math.isnan(value)
+
+
+def _same(a: float, b: float) -> bool:
+    """Equal scores: the same value (infinities included) or finite ones within :data:`TIE`."""
+    return a == b or (math.isfinite(a) and math.isfinite(b) and abs(a - b) <= TIE)
+
+
+def leaders(scores: Mapping[str, float], highest: bool) -> list:
+    """Every method whose score equals the highest (lowest) defined one (:func:`_same`), in the order given: an
+    infinite ratio is the best possible one, not left out; NaN scores are left out."""
+    defined = {m: v for m, v in scores.items() if _defined(v)}
+    if not defined:
+        return []
+    top = (max if highest else min)(defined.values())
+    return [m for m, v in defined.items() if _same(v, top)]
+
+
 def best(scores: Mapping[str, float], highest: bool) -> Optional[str]:
-    """The method with the highest (lowest) finite score; None when none is finite."""
-    finite = {k: v for k, v in scores.items() if v is not None and math.isfinite(v)}
-    if not finite:
-        return None
-    return (max if highest else min)(finite, key=finite.get)
+    """The first of :func:`leaders`; None when no score is defined."""
+    first = leaders(scores, highest)
+    return first[0] if first else None
 
 
 def runner_up(scores: Mapping[str, float], ours: str, highest: bool) -> Optional[str]:
@@ -71,13 +88,19 @@ def runner_up(scores: Mapping[str, float], ours: str, highest: bool) -> Optional
     return best({m: v for m, v in scores.items() if m != ours}, highest)
 
 
-def verdict(scores: Mapping[str, float], ours: str, winner: Optional[str], direction: str) -> str:
-    """'holds', 'holds only as a tie with ...' or 'does not hold: <winner> is <direction> (<value>)'."""
-    if winner == ours:
-        return "holds"
-    if winner is not None and math.isfinite(scores[ours]) and abs(scores[winner] - scores[ours]) <= TIE:
-        return f"holds only as a tie with {winner} ({fmt(scores[winner])})"
-    return f"does not hold: {winner} is {direction} ({fmt(scores[winner]) if winner else 'n/a'})"
+def verdict(scores: Mapping[str, float], ours: str, highest: bool) -> str:
+    """The claim "``ours`` scores highest (lowest)": 'holds' when ours alone leads, 'holds only as a tie with ...'
+    when others lead with it, 'does not hold: <leader> is higher (<value>)' otherwise, and 'cannot be judged' when
+    ours is undefined."""
+    if not _defined(scores.get(ours)):
+        return f"cannot be judged: {ours}'s score is undefined (n/a)"
+    ahead = leaders(scores, highest)
+    if ours in ahead:
+        tied = [m for m in ahead if m != ours]
+        if not tied:
+            return "holds"
+        return f"holds only as a tie with {', '.join(tied)} ({fmt(scores[tied[0]])})"
+    return f"does not hold: {ahead[0]} is {'higher' if highest else 'lower'} ({fmt(scores[ahead[0]])})"
 
 
 def interval_status(differences: Mapping[str, Sequence[float]], other: Optional[str], sign: float) -> Optional[str]:
@@ -117,9 +140,10 @@ def paired(claim: str, differences: Mapping[str, Sequence[float]], ours: str, ot
 def judge(scores: Mapping[str, float], ours: str, differences: Mapping[str, Sequence[float]], highest: bool
           ) -> tuple:
     """The claim "``ours`` scores highest (``highest``) / lowest": ``(its verdict weighed by the paired interval
-    against the best other method, whether it holds with that interval clear of 0)``."""
-    winner = best(scores, highest)
-    other = runner_up(scores, ours, highest) if winner == ours else winner
+    against the best other method, whether it holds with that interval clear of 0)``. A tie never holds clear."""
+    ahead = leaders(scores, highest)
+    alone = ahead == [ours]
+    other = runner_up(scores, ours, highest) if ours in ahead else (ahead[0] if ahead else None)
     sign = 1.0 if highest else -1.0
-    text = paired(verdict(scores, ours, winner, "higher" if highest else "lower"), differences, ours, other, sign)
-    return text, winner == ours and interval_status(differences, other, sign) == "clear"
+    text = paired(verdict(scores, ours, highest), differences, ours, other, sign)
+    return text, alone and interval_status(differences, other, sign) == "clear"
