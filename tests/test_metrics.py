@@ -16,6 +16,7 @@ from scripts.metrics import (
     GaussianFill,
     NoisyLinearImputation,
     annotation_agreement,
+    cascade_layers,
     classification_metric,
     confusion_matrix,
     contrastive_perturbation,
@@ -411,3 +412,107 @@ def test_eq_23_to_26_by_hand_on_a_linear_model():
             assert function[alpha][key] == pytest.approx(value), (alpha, key)
             assert study[f"{alpha:g}"][key] == pytest.approx(value), (alpha, key)
     assert expected[0.25]["f1_high"] != expected[0.25]["f1_clean"]  # the perturbation moved something
+
+
+def test_matched_resolution_by_hand_on_a_linear_model():
+    """MatchedResolution's ratio: both maps smoothed by MONAI's GaussianFilter in the test, then TopK / BottomK by
+    sorting, a constant fill and scikit-learn's F1, as eq. 23-26 by hand."""
+    from monai.networks.layers import GaussianFilter
+
+    from scripts.attribution import IFIM
+    from scripts.controls import MatchedResolution, StudyBatch, StudySetup, StudyTotals
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(2, 64))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 2, bias=False)).double()
+    with torch.no_grad():
+        net[1].weight.copy_(torch.from_numpy(weights))
+    x, y = rng.random((12, 1, 8, 8)), np.array([0, 1] * 6)
+    sensitive, complement = rng.random((12, 1, 8, 8)), rng.random((12, 1, 8, 8))
+    smooth = GaussianFilter(2, 1.5)
+    with torch.no_grad():
+        smoothed = [smooth(torch.from_numpy(m)).numpy() for m in (sensitive, complement)]
+    clean = (x.reshape(12, -1) @ weights.T).argmax(1)
+    alpha, k = 0.1, 7  # ceil(0.1 * 64)
+    high, low = x.copy().reshape(12, -1), x.copy().reshape(12, -1)
+    for i in range(12):
+        high[i, np.argsort(-smoothed[0][i].ravel())[:k]] = 0.3
+        low[i, np.argsort(smoothed[1][i].ravel())[:k]] = 0.3
+    f1_high, f1_low = (f1_score(y, (p @ weights.T).argmax(1)) for p in (high, low))
+    control = MatchedResolution(GaussianFill(0.3, 0.0), sigma=1.5)
+    control.setup(StudySetup([IFIM], list(IFIM.maps), (alpha,)))
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    maps = {IFIM.maps[0]: torch.from_numpy(sensitive), IFIM.maps[1]: torch.from_numpy(complement)}
+    control.update(StudyBatch(net, tx, ty, torch.from_numpy(clean), image_seeds(tx), ["u"] * 12, maps, 2))
+    probabilities = torch.softmax(net(tx), 1).detach()
+    result = control.compute(StudyTotals(ty, probabilities, ["u"] * 12, 2))
+    assert f1_high > 0 and result.ratios[IFIM.name]["0.1"] == pytest.approx(f1_low / f1_high)
+
+
+def test_cascading_randomization_re_initializes_from_the_output_down():
+    """cascade_layers lists the layers with parameters from the output back; randomized_copy(layers=...) changes
+    those and nothing else; the control's first step is scipy's Spearman between the maps of the model and of the
+    copy whose top layer alone is random."""
+    from scipy.stats import spearmanr
+
+    from scripts.attribution import IFIM, attribute, select_methods
+    from scripts.controls import CascadingRandomization, StudyBatch, StudySetup, StudyTotals
+    from scripts.networks import ShallowCNN
+
+    torch.manual_seed(4)
+    model = ShallowCNN(2, 1, 2).eval()
+    assert cascade_layers(model) == ["classifier", "features.6", "features.3", "features.0"]
+    top = randomized_copy(model, seed=1, layers=["classifier"])
+    assert not torch.equal(top.classifier.weight, model.classifier.weight)
+    assert all(torch.equal(a, b) for a, b in zip(top.features.parameters(), model.features.parameters()))
+    x = torch.rand(4, 1, 16, 16)
+    y = torch.tensor([0, 1, 0, 1])
+    methods = select_methods(["ifim"])
+    control = CascadingRandomization()
+    control.setup(StudySetup(methods, list(IFIM.maps), (0.05,), seed=1))
+    maps = {m: attribute(m, model, x) for m in IFIM.maps}
+
+    def maps_of(other, images, stage, names=None):
+        return {m: attribute(m, other, images) for m in IFIM.maps}
+
+    control.update(StudyBatch(model, x, y, model(x).argmax(1), image_seeds(x), ["u"] * 4, maps, 2, maps_of))
+    result = control.compute(StudyTotals(y, torch.softmax(model(x), 1).detach().double(), ["u"] * 4, 2))
+    first = list(result.per_step)[0]
+    top_maps = attribute("ifim_sensitive", top, x)
+    expected = np.mean([spearmanr(maps["ifim_sensitive"][i].flatten(), top_maps[i].flatten())[0] for i in range(4)])
+    assert first.startswith("1 of 4") and result.per_step[first]["ifim_sensitive"]["mean"] == pytest.approx(expected)
+    assert len(result.per_step) == 4
+
+
+def test_epsilon_sweep_by_hand():
+    """Per epsilon: predictions flipped, the clean class's probability change and S's correlation under FGSM, as
+    computed here from fgsm() (its closed form is tested above) and the maps; random signs are +-epsilon."""
+    from scripts.attribution import IFIM, attribute, select_methods
+    from scripts.controls import EpsilonSweep, StudyBatch, StudySetup, StudyTotals
+    from scripts.networks import ShallowCNN
+
+    torch.manual_seed(5)
+    model = ShallowCNN(2, 1, 2).eval()
+    x, y = torch.rand(4, 1, 16, 16), torch.tensor([0, 1, 0, 1])
+    control = EpsilonSweep([0.01, 0.05])
+    control.setup(StudySetup(select_methods(["ifim"]), list(IFIM.maps), (0.05,)))
+    maps = {m: attribute(m, model, x) for m in IFIM.maps}
+
+    def maps_of(other, images, stage, names=None):
+        return {m: attribute(m, other, images) for m in IFIM.maps}
+
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    control.update(StudyBatch(model, x, y, target, image_seeds(x), ["u"] * 4, maps, 2, maps_of))
+    result = control.compute(StudyTotals(y, torch.softmax(model(x), 1).detach().double(), ["u"] * 4, 2))
+    for epsilon in (0.01, 0.05):
+        x_adv = fgsm(model, x, y, epsilon)
+        with torch.no_grad():
+            clean, adv = torch.softmax(model(x).double(), 1), torch.softmax(model(x_adv).double(), 1)
+        row = result.sweep[f"{epsilon:g}"]["fgsm"]
+        assert row["flipped"]["mean"] == pytest.approx((adv.argmax(1) != target).double().mean().item())
+        change = (adv[torch.arange(4), target] - clean[torch.arange(4), target]).abs().mean().item()
+        assert row["output change"]["mean"] == pytest.approx(change)
+        pearson = pearson_per_image(maps["ifim_sensitive"], attribute("ifim_sensitive", model, x_adv))
+        assert row["ifim_sensitive"]["mean"] == pytest.approx(pearson.mean().item())
+    assert result.sweep["0.05"]["fgsm"]["output change"]["mean"] > result.sweep["0.01"]["fgsm"]["output change"]["mean"]

@@ -18,12 +18,15 @@ Controls (the paper's Sec. IV-E/F, and what a reviewer adds):
 * :class:`ContrastivePerturbation`: eq. 23-26 under every fill; iFIM perturbs TopK(S) against BottomK(I), every
   other method its own top-k against its bottom-k, plus k random pixels.
 * :class:`DeletionCurves`: MoRF / LeRF curves of F1 and the true-class probability, their AUCs.
-* :class:`FGSMStability`: eq. 27, correlation of the maps of x and x_adv, and the predictions the attack flipped.
+* :class:`MatchedResolution`: the perturbation study with every map smoothed alike before ranking.
+* :class:`FGSMStability`: eq. 27, correlation of the maps of x and x_adv, and the predictions the attack flipped,
+  beside a random-sign perturbation of the same epsilon; :class:`EpsilonSweep`: the same at several epsilons.
 * :class:`TopKOverlap`: for C = 2, the overlap of the top-k sets of S(x) and of the vanilla gradient.
 * :class:`ComplementVsImage`: the correlation of I(x) with |x|.
 * :class:`Detectability`: recall of the clean predictions by signal amplitude.
 * :class:`SignalLocalization`: the maps' energy on a known signal, and the pointing game.
-* :class:`ModelRandomization`: Spearman correlation of the maps of the model and of a randomized copy.
+* :class:`ModelRandomization`: Spearman correlation of the maps of the model and of a randomized copy;
+  :class:`CascadingRandomization`: the same with the layers re-initialized one at a time from the output down.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Callable, ClassVar, ContextManager, Dict, List, Mapping, Opti
 
 import numpy as np
 import torch
+from monai.networks.layers import GaussianFilter
 from torch import nn
 
 from .atomic import write_csv
@@ -50,6 +54,7 @@ from .bootstrap import (
 )
 from .metrics import (
     Fill,
+    cascade_layers,
     curve_auc,
     eval_logits,
     f1_scores,
@@ -69,10 +74,11 @@ from .verdicts import TIE, best, ci, fmt, interval_status, judge, table, verdict
 from .visualize import grouped_bar_figure, line_panels_figure, save_figure_atomic
 
 __all__ = ["StudySetup", "StudyBatch", "StudyTotals", "Section", "Sections", "Control", "ContrastivePerturbation",
-           "DeletionCurves", "FGSMStability", "TopKOverlap", "ComplementVsImage", "Detectability",
-           "SignalLocalization", "ModelRandomization", "PerturbationResult", "CurvesResult", "FGSMResult",
-           "TopKOverlapResult", "ComplementResult", "DetectabilityResult", "LocalizationResult",
-           "RandomizationResult"]
+           "MatchedResolution", "ResolutionResult", "DeletionCurves", "FGSMStability", "TopKOverlap",
+           "ComplementVsImage", "Detectability", "SignalLocalization", "ModelRandomization", "PerturbationResult",
+           "CurvesResult", "FGSMResult", "TopKOverlapResult", "ComplementResult", "DetectabilityResult",
+           "LocalizationResult", "RandomizationResult", "CascadingRandomization", "CascadeResult",
+           "EpsilonSweep", "SweepResult"]
 
 SENSITIVE, COMPLEMENT = IFIM.maps  # S(x) and I(x): the maps the paper's claims are about
 GRADIENT = MAP_METHODS["vanilla_gradient"].maps[0]
@@ -98,7 +104,8 @@ class StudySetup:
 @dataclass
 class StudyBatch:
     """One batch as every control sees it. ``maps``: ``{name: (B, 1, *spatial)}`` of the clean images;
-    ``maps_of(model, x, stage)``: the same maps for other images or another model (timed under ``stage``);
+    ``maps_of(model, x, stage, methods=None)``: the same maps (of the named ``methods``, default all) for other
+    images or another model (timed under ``stage``), each image's draws from its own seed;
     ``timed(stage)``: a context that adds its wall-clock time to ``stage``."""
 
     model: nn.Module
@@ -109,7 +116,7 @@ class StudyBatch:
     units: List[str]  # the independent unit of each image
     maps: Dict[str, torch.Tensor]
     num_classes: int
-    maps_of: Optional[Callable[[nn.Module, torch.Tensor, str], Dict[str, torch.Tensor]]] = None
+    maps_of: Optional[Callable[..., Dict[str, torch.Tensor]]] = None
     timed: Callable[[str], ContextManager] = lambda stage: nullcontext()
     signal_center: Optional[torch.Tensor] = None  # (B, spatial_dims), -1 where absent
     signal_sigma: Optional[torch.Tensor] = None  # (B,) voxels
@@ -538,13 +545,126 @@ class PerturbationResult(Section):
         groups = [f"{self.names.get(t, t).split(' (')[0]}\n{_percent(a)} %" for t in tags for a in alphas]
         methods = list(self.scores[tags[0]])
         ratios = {display_name(m): [self.scores[t][m][a]["ratio"] for t in tags for a in alphas] for m in methods}
+        bounds = {display_name(m): [self.score_intervals.get(t, {}).get(m, {}).get(a, {}).get("ratio")
+                                    for t in tags for a in alphas] for m in methods}
         save_figure_atomic(grouped_bar_figure(ratios, groups, "F1 low / F1 high", "Contrastive pixel perturbation "
-                                              "(Fig. 3) under each fill: higher = top pixels matter more",
-                                              reference=1.0), out / "fig3_perturbation_ratio.png")
+                                              "(Fig. 3) under each fill, 95 % intervals: higher = top pixels matter "
+                                              "more", reference=1.0, intervals=bounds),
+                           out / "fig3_perturbation_ratio.png")
         drops = {f"{display_name(m)} {s}": [self.scores[t][m][a][f"drop_{s}"] for t in tags for a in alphas]
                  for m in methods for s in ("high", "random") if m == IFIM.name or s == "high"}
         save_figure_atomic(grouped_bar_figure(drops, groups, "F1 drop", "F1 drop after replacing top-k pixels, and "
                                               "the random-pixel control"), out / "fig3_f1_drops.png")
+
+
+class MatchedResolution(Control):
+    """Fig. 3's comparison again with every map ranked at the same resolution: each map (S and I for iFIM) smoothed
+    by one Gaussian of ``sigma`` pixels (``monai.networks.layers.GaussianFilter``) before its top and bottom pixels
+    are chosen, the same fill for every method. Coarse maps (CAMs) and pixel-sharp ones (gradients, iFIM) are
+    otherwise compared as if alike, and smoothing alone, which adds no information, can move a ratio several-fold.
+    The report sets each method's ratio beside its unsmoothed one and says whether the verdict depends on it.
+
+    Args:
+        fill: what replaces the perturbed pixels; its tag must be one of ``ContrastivePerturbation``'s fills so
+            the two can be set side by side.
+        sigma: the Gaussian's standard deviation in pixels.
+    """
+
+    accumulators = ("probabilities",)
+
+    def __init__(self, fill: Fill, sigma: float = 2.0):
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}.")
+        self.fill, self.sigma = fill, float(sigma)
+
+    def reset(self) -> None:
+        self.probabilities: Dict[str, Dict] = {m: {} for m in self.study.method_names}  # method -> (alpha, set) -> []
+
+    def update(self, batch: StudyBatch) -> None:
+        with batch.timed(f"matched resolution: {self.fill.name}"):
+            smooth = GaussianFilter(batch.x.ndim - 2, self.sigma).to(batch.x.device)
+            for method in self.study.methods:
+                with torch.no_grad():
+                    high, low = (smooth(m.to(torch.float64)).to(m.dtype) for m in method.ranked(batch.maps))
+                masks = perturbation_mask_sets(high, low, self.study.alphas, batch.seeds, sets=("high", "low"))
+                for key, probs in perturbed_probabilities(batch.model, batch.x, masks, self.fill, batch.seeds).items():
+                    self.probabilities[method.name].setdefault(key, []).append(probs.cpu())
+
+    def compute(self, totals: StudyTotals) -> "ResolutionResult":
+        ratios: Dict[str, Dict[str, float]] = {}
+        resampled: Dict[str, Dict[str, np.ndarray]] = {}
+        for method, per_key in self.probabilities.items():
+            predicted = {key: torch.cat(values).argmax(1) for key, values in per_key.items()}
+            ratios[method], resampled[method] = {}, {}
+            for alpha in self.study.alphas:
+                # perturbation_scores scores a random set too: the clean predictions stand in, its score unused
+                sets = {"clean": totals.clean, (alpha, "high"): predicted[(alpha, "high")],
+                        (alpha, "low"): predicted[(alpha, "low")], (alpha, "random"): totals.clean}
+                ratios[method][f"{alpha:g}"] = perturbation_scores(totals.y, sets, totals.num_classes)[alpha]["ratio"]
+                if totals.weights is not None:
+                    resampled[method][f"{alpha:g}"] = perturbation_scores(totals.y, sets, totals.num_classes,
+                                                                          totals.weights)[alpha]["ratio"]
+        differences = {a: paired_differences({m: r[a] for m, r in resampled.items() if a in r}, IFIM.name)
+                       for a in _alpha_keys(self.study.alphas)}
+        return ResolutionResult(self.fill.tag, self.fill.name, self.sigma, ratios, differences)
+
+
+def _outcome(claim: str) -> str:
+    """The kind of a :func:`scripts.verdicts.verdict`: holds, tie, does not hold or cannot be judged."""
+    return ("tie" if claim.startswith("holds only as a tie") else "holds" if claim.startswith("holds") else
+            "does not hold" if claim.startswith("does not hold") else "cannot be judged")
+
+
+@dataclass
+class ResolutionResult(Section):
+    """The ratios with every map smoothed alike: ``ratios[method][alpha]`` under the fill ``fill_tag``, and
+    ``differences[alpha][method]``: the paired interval of iFIM's smoothed ratio minus the method's."""
+
+    fill_tag: str
+    fill_name: str
+    sigma: float
+    ratios: Dict[str, Dict[str, float]]
+    differences: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+
+    def results(self) -> dict:
+        return {"matched_resolution": {"fill": self.fill_tag, "sigma": self.sigma, "ratios": self.ratios}}
+
+    def intervals(self) -> Intervals:
+        return {f"matched_resolution_ratio_{IFIM.name}_minus": self.differences}
+
+    def _raw(self, sections: Sections) -> Dict[str, Dict[str, float]]:
+        perturbation = sections.find(PerturbationResult)
+        per_method = perturbation.scores.get(self.fill_tag, {}) if perturbation else {}
+        return {m: {a: v[a]["ratio"] for a in v} for m, v in per_method.items()}
+
+    def findings(self, sections: Sections) -> List[str]:
+        if IFIM.name not in self.ratios:
+            return []
+        raw, parts = self._raw(sections), []
+        for alpha in self.ratios[IFIM.name]:
+            smoothed = {m: v[alpha] for m, v in self.ratios.items()}
+            claim = judge(smoothed, IFIM.name, self.differences.get(alpha, {}), highest=True)[0]
+            part = f"at {_percent(alpha)} % iFIM's smoothed ratio is {fmt(smoothed[IFIM.name])} and the claim {claim}"
+            if IFIM.name in raw and alpha in raw[IFIM.name]:
+                before = verdict({m: v[alpha] for m, v in raw.items()}, IFIM.name, highest=True)
+                same = _outcome(before) == _outcome(verdict(smoothed, IFIM.name, highest=True))
+                part += (f"; unsmoothed it {before}: the verdict {'does not depend' if same else 'depends'} on "
+                         "resolution")
+            parts.append(part)
+        return [f"Matched resolution (every map smoothed by a Gaussian of {self.sigma:g} pixels, pixels replaced by "
+                f"{self.fill_name}): " + "; ".join(parts) + "."]
+
+    def render(self, out: Path) -> List[str]:
+        alphas = list(next(iter(self.ratios.values()), {}))
+        return ["## Matched resolution", "",
+                f"Fig. 3's ratio with every map smoothed by the same Gaussian ({self.sigma:g} pixels) before ranking, "
+                f"pixels replaced by {self.fill_name}; the unsmoothed ratios are in the table above.", "",
+                table(["method"] + [f"smoothed ratio {_percent(a)} %" for a in alphas],
+                      [[display_name(m)] + [self._cell(m, a) for a in alphas] for m in self.ratios]), ""]
+
+    def _cell(self, method: str, alpha: str) -> str:
+        interval = ci(self.differences.get(alpha, {}).get(method))
+        return fmt(self.ratios[method][alpha]) + (f" ({IFIM.display} minus it{interval})" if interval else "")
 
 
 class DeletionCurves(Control):
@@ -660,7 +780,8 @@ class CurvesResult(Section):
                   for key, label in (("f1", "F1"), ("prob", "true-class probability")) for order in ("MoRF", "LeRF")}
         save_figure_atomic(line_panels_figure([100 * a for a in alphas], panels, "pixels removed (%)",
                                               f"Deletion curves, pixels replaced by {self.curves['fill']}: MoRF low "
-                                              "and LeRF high = a map that orders pixels by their effect"),
+                                              "and LeRF high = a map that orders pixels by their effect",
+                                              ylim=(0.0, 1.02)),  # F1 and probabilities: one range
                            out / "fig_deletion_curves.png")
         keys = ("morf_f1", "lerf_f1", "delta_f1", "morf_prob", "lerf_prob", "delta_prob")
         return ["## Deletion curves (MoRF / LeRF)", "",
@@ -825,6 +946,108 @@ class FGSMResult(Section):
                         + ci(self.stability_intervals.get("random_sign_pearson", {}).get(m)),
                         ci(self.stability_intervals.get("fgsm_minus_random_sign_pearson", {}).get(m)).strip() or "n/a"]
                        for m, v in pearson.items()]), "", "![fgsm](fig4_fgsm_correlation.png)", ""]
+
+
+class EpsilonSweep(Control):
+    """FGSM at several ``epsilons`` beside a random-sign perturbation of each: per epsilon the share of predictions
+    flipped, the mean change of the clean class's probability (how far the model's output moved) and each followed
+    map's Pearson correlation with its clean map. One epsilon is a single setting; the sweep shows whether a map's
+    (in)stability tracks the change in the model's output or only the size of the step.
+
+    Args:
+        epsilons: the steps, in image intensity units.
+        methods: the map methods to follow (default every method of the study); each epsilon costs two computations
+            of their maps.
+    """
+
+    accumulators = ("values",)
+
+    def __init__(self, epsilons: Sequence[float], methods: Optional[Sequence[str]] = None):
+        if not len(epsilons):
+            raise ValueError("an epsilon sweep needs at least one epsilon.")
+        self.epsilons, self.methods = tuple(float(e) for e in epsilons), None if methods is None else list(methods)
+
+    def setup(self, study: StudySetup) -> None:
+        chosen = study.methods if self.methods is None else [m for m in study.methods if m.name in self.methods]
+        self.followed = [m.name for m in chosen]
+        self.followed_maps = [name for m in chosen for name in m.maps]
+        super().setup(study)
+
+    def reset(self) -> None:
+        # f"{epsilon:g}" -> perturbation ("fgsm" | "random sign") -> quantity ("flipped", "output change", map) -> []
+        self.values: Dict[str, Dict[str, Dict[str, List[float]]]] = {}
+
+    def update(self, batch: StudyBatch) -> None:
+        clean = torch.softmax(eval_logits(batch.model, batch.x).double(), 1)
+        target = batch.target.view(-1, 1).cpu()
+        for epsilon in self.epsilons:
+            with batch.timed("epsilon sweep: attacks"):
+                perturbed = {"fgsm": fgsm(batch.model, batch.x, batch.y, epsilon),
+                             "random sign": random_sign(batch.x, epsilon, batch.seeds)}
+            for kind, images in perturbed.items():
+                probs = torch.softmax(eval_logits(batch.model, images).double(), 1)
+                maps = batch.maps_of(batch.model, images, "epsilon sweep", self.followed)
+                store = self.values.setdefault(f"{epsilon:g}", {}).setdefault(kind, {})
+                store.setdefault("flipped", []).extend((probs.argmax(1) != batch.target).double().tolist())
+                store.setdefault("output change", []).extend(
+                    (probs.cpu().gather(1, target) - clean.cpu().gather(1, target)).abs()[:, 0].tolist())
+                for m in self.followed_maps:
+                    store.setdefault(m, []).extend(pearson_per_image(batch.maps[m], maps[m]).tolist())
+
+    def compute(self, totals: StudyTotals) -> "SweepResult":
+        def summary(values: List[float]) -> dict:
+            interval = ([math.nan, math.nan] if totals.weights is None
+                        else percentile_interval(resampled_means(values, totals.weights)))
+            return {"mean": float(np.nanmean(values)) if np.isfinite(values).any() else math.nan,
+                    "interval": interval}
+
+        return SweepResult({eps: {kind: {q: summary(v) for q, v in per_q.items()} for kind, per_q in per_kind.items()}
+                            for eps, per_kind in self.values.items()})
+
+
+@dataclass
+class SweepResult(Section):
+    """``sweep[epsilon][perturbation][quantity]`` = ``{"mean", "interval"}``, perturbation ``fgsm`` or ``random
+    sign``, quantity ``flipped``, ``output change`` or a map's Pearson correlation with its clean map."""
+
+    sweep: Dict[str, Dict[str, Dict[str, dict]]]
+
+    def results(self) -> dict:
+        return {"epsilon_sweep": self.sweep}
+
+    def findings(self, sections: Sections) -> List[str]:
+        epsilons = list(self.sweep)
+        if len(epsilons) < 2 or SENSITIVE not in self.sweep[epsilons[0]].get("fgsm", {}):
+            return []
+        first, last = self.sweep[epsilons[0]], self.sweep[epsilons[-1]]
+
+        def move(kind: str, quantity: str, scale: float = 1.0, digits: int = 3) -> str:
+            a, b = first[kind][quantity], last[kind][quantity]
+            return (f"{fmt(scale * a['mean'], digits)}{ci(a['interval'], scale)} to "
+                    f"{fmt(scale * b['mean'], digits)}{ci(b['interval'], scale)}")
+
+        return [f"Epsilon sweep ({epsilons[0]} to {epsilons[-1]}): under FGSM the {IFIM.display} sensitive map's "
+                f"correlation with its clean map goes from {move('fgsm', SENSITIVE)} while "
+                f"{move('fgsm', 'flipped', 100, 1)} % of predictions flip and the clean class's probability moves by "
+                f"{move('fgsm', 'output change')}; "
+                f"under random signs of the same sizes from {move('random sign', SENSITIVE)}, with "
+                f"{move('random sign', 'flipped', 100, 1)} % flipped."]
+
+    def render(self, out: Path) -> List[str]:
+        epsilons = list(self.sweep)
+        if not epsilons:
+            return []
+        rows = []
+        for kind in ("fgsm", "random sign"):
+            for quantity in self.sweep[epsilons[0]].get(kind, {}):
+                label = display_name(quantity) if quantity not in ("flipped", "output change") else quantity
+                rows.append([kind, label] + [fmt(self.sweep[e][kind][quantity]["mean"])
+                                             + ci(self.sweep[e][kind][quantity]["interval"]) for e in epsilons])
+        return ["## Epsilon sweep (Fig. 4 at several steps)", "",
+                "Per step: the share of predictions flipped, the mean absolute change of the clean class's "
+                "probability, and each map's Pearson correlation with its clean map, under FGSM and under a "
+                "random-sign perturbation of the same size.", "",
+                table(["perturbation", "quantity"] + [f"epsilon {e}" for e in epsilons], rows), ""]
 
 
 class TopKOverlap(Control):
@@ -1169,6 +1392,109 @@ class ModelRandomization(Control):
             result.per_map_intervals = {m: percentile_interval(resampled_means(self.spearman[m], totals.weights))
                                         for m in self.study.maps}
         return result
+
+
+class CascadingRandomization(Control):
+    """Cascading model randomization (Adebayo et al. 2018): the layers re-initialized one more at a time from the
+    output down to the input (``scripts.metrics.cascade_layers``), and per step each map's Spearman correlation with
+    the trained model's; a map that keeps its correlation while the layers that decide the class are random does
+    not depend on them.
+
+    Args:
+        methods: the map methods to follow (default every method of the study); each step costs one computation of
+            their maps.
+    """
+
+    accumulators = ("spearman",)
+    bound: ClassVar[float] = 0.5
+
+    def __init__(self, methods: Optional[Sequence[str]] = None):
+        self.methods = None if methods is None else list(methods)
+        self._steps: Optional[List[Tuple[str, nn.Module]]] = None
+
+    def setup(self, study: StudySetup) -> None:
+        chosen = study.methods if self.methods is None else [m for m in study.methods if m.name in self.methods]
+        self.followed = [m.name for m in chosen]
+        self.followed_maps = [name for m in chosen for name in m.maps]
+        super().setup(study)
+
+    def reset(self) -> None:
+        self.spearman: Dict[str, Dict[str, List[float]]] = {}  # step (layers so far) -> map -> per image
+
+    def __getstate__(self) -> dict:
+        """What is sent to another process: the accumulators, not the model copies."""
+        return {**self.__dict__, "_steps": None}
+
+    def update(self, batch: StudyBatch) -> None:
+        if not self.followed:
+            return
+        if self._steps is None:
+            layers = cascade_layers(batch.model)
+            self._steps = [(f"{i + 1} of {len(layers)} (to {layers[i]})",
+                            randomized_copy(batch.model, seed=self.study.seed, layers=layers[:i + 1]))
+                           for i in range(len(layers))]
+        for step, model in self._steps:
+            maps = batch.maps_of(model, batch.x, "cascading randomization", self.followed)
+            with batch.timed("correlations"):
+                for m in self.followed_maps:
+                    self.spearman.setdefault(step, {}).setdefault(m, []).extend(
+                        spearman_per_image(batch.maps[m], maps[m]).tolist())
+
+    def compute(self, totals: StudyTotals) -> "CascadeResult":
+        per_step = {step: {m: mean_std(v) for m, v in per_map.items()} for step, per_map in self.spearman.items()}
+        intervals = {} if totals.weights is None else {
+            step: {m: percentile_interval(resampled_means(v, totals.weights)) for m, v in per_map.items()}
+            for step, per_map in self.spearman.items()}
+        return CascadeResult(per_step, intervals)
+
+
+@dataclass
+class CascadeResult(Section):
+    """``per_step[step][map]``: mean_std of the Spearman correlation with the trained model's maps once the layers
+    of ``step`` (counted from the output) are re-initialized; ``step_intervals`` in the same layout."""
+
+    files: ClassVar[Tuple[str, ...]] = ("fig_cascading_randomization.png",)
+    per_step: Dict[str, Dict[str, dict]]
+    step_intervals: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+    bound: ClassVar[float] = 0.5
+
+    def results(self) -> dict:
+        return {"cascading_randomization": self.per_step}
+
+    def intervals(self) -> Intervals:
+        return {"cascading_randomization": self.step_intervals}
+
+    def findings(self, sections: Sections) -> List[str]:
+        steps = list(self.per_step)
+        if not steps or not self.step_intervals:
+            return []
+        parts = []
+        for m in self.per_step[steps[0]]:
+            below = [i for i, step in enumerate(steps) if _defined(self.step_intervals[step][m][1])
+                     and self.step_intervals[step][m][1] < self.bound]
+            parts.append(f"{display_name(m)} after {below[0] + 1} of {len(steps)}" if below else
+                         f"{display_name(m)} not even with all {len(steps)}")
+        return [f"Cascading randomization (layers re-initialized from the output down): the rank correlation with "
+                f"the trained model's maps falls below {self.bound:g}, its whole 95 % interval under it, for "
+                + "; ".join(parts) + " layers."]
+
+    def render(self, out: Path) -> List[str]:
+        steps = list(self.per_step)
+        if not steps:
+            return []
+        maps = list(self.per_step[steps[0]])
+        curves = {display_name(m): [self.per_step[step][m]["mean"] for step in steps] for m in maps}
+        save_figure_atomic(line_panels_figure(list(range(1, len(steps) + 1)), {"Spearman correlation": curves},
+                                              "layers re-initialized, from the output down",
+                                              "Cascading model randomization (lower = the map depends on the layers "
+                                              "randomized so far)"), out / "fig_cascading_randomization.png")
+        return ["## Cascading model randomization", "",
+                "Spearman correlation of each map with the trained model's after re-initializing the layers from the "
+                "output down, one more per column (Adebayo et al. 2018).", "",
+                table(["map"] + steps, [[display_name(m)] + [fmt(self.per_step[step][m]["mean"])
+                                                             + ci(self.step_intervals.get(step, {}).get(m))
+                                                             for step in steps] for m in maps]), "",
+                "![cascading randomization](fig_cascading_randomization.png)", ""]
 
 
 @dataclass

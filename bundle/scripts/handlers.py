@@ -293,6 +293,10 @@ class AttributionStudyHandler:
         amplitudes = (torch.stack([torch.as_tensor(item[self.amplitude_key]).view(()) for item in items])
                       if all(self.amplitude_key in item for item in items) else None)
         self.study.update(model, images.to(device), labels, centers, sigmas, units, amplitudes)
+        total = self.study.max_images or len(getattr(getattr(engine, "data_loader", None), "dataset", []) or [])
+        slowest = max(self.study.seconds.items(), key=lambda item: item[1], default=("", 0.0))
+        logger.info("study: %d%s images, %.0f s so far (most in %r: %.0f s)", self.study.n_images,
+                    f" of {total}" if total else "", sum(self.study.seconds.values()), *slowest)
 
     def _finish(self, engine: Engine) -> None:
         if distributed.world_size() > 1:  # every rank merges the same studies in rank order: the same results

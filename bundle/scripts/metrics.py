@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ __all__ = ["PERTURBATION_ALPHAS", "num_perturbed", "perturbation_masks", "random
            "curve_auc",
            "contrastive_perturbation", "fgsm", "random_sign",
            "pearson_per_image", "spearman_per_image", "annotation_agreement", "signal_localization",
-           "randomized_copy", "confusion_matrix",
+           "randomized_copy", "cascade_layers", "confusion_matrix",
            "scores_from_confusion", "classification_metric", "mean_std"]
 
 # draws derived from an image's seed s: the noise uses s, the random pixels of the i-th alpha s + 1 + i
@@ -489,18 +489,28 @@ def signal_localization(maps: torch.Tensor, centers: torch.Tensor, sigmas: torch
     return annotation_agreement(maps, inside[:, None])
 
 
-def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
+def randomized_copy(model: nn.Module, seed: int = 0, layers: Optional[Sequence[str]] = None) -> nn.Module:
     """A copy of ``model`` with every parameter re-initialized (each module's ``reset_parameters``, seeded) and
-    batch-norm statistics reset: the randomized model of the model-parameter randomization test."""
+    batch-norm statistics reset: the randomized model of the model-parameter randomization test. ``layers``: only
+    the modules of these names (and everything inside them), as the cascading test randomizes from the top down."""
     clone = copy.deepcopy(model)
+    chosen = dict(clone.named_modules()) if layers is None else {n: clone.get_submodule(n) for n in layers}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for module in clone.modules():
+        for module in {id(m): m for top in chosen.values() for m in top.modules()}.values():
             if hasattr(module, "reset_running_stats"):
                 module.reset_running_stats()
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
     return clone
+
+
+def cascade_layers(model: nn.Module) -> List[str]:
+    """The modules with parameters of their own, from the output back to the input (registration order reversed):
+    the layers the cascading randomization test re-initializes one more at a time."""
+    own = [name for name, module in model.named_modules()
+           if name and next(module.parameters(recurse=False), None) is not None]
+    return own[::-1]
 
 
 def classification_metric(name: str, num_classes: int) -> MetricsLambda:

@@ -148,10 +148,10 @@ class AttributionStudy:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
     def _maps(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, seeds: torch.Tensor,
-              stage: str) -> Dict[str, torch.Tensor]:
-        """Every map, each method timed under ``<stage>: <method>``."""
+              stage: str, methods: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+        """Every map (of ``methods``, default all), each method timed under ``<stage>: <method>``."""
         maps: Dict[str, torch.Tensor] = {}
-        for method in self.methods:
+        for method in self.methods if methods is None else [m for m in self.methods if m.name in methods]:
             with self._timed(f"{stage}: {method.name}"):
                 maps.update(compute_maps([method], model, x, target, seeds, rho=self.rho, baselines=self.background))
         return maps
@@ -180,8 +180,8 @@ class AttributionStudy:
         self.num_classes = int(logits.shape[1])
         target = logits.argmax(1)
         batch = StudyBatch(model, x, y, target, seeds, units, self._maps(model, x, target, seeds, "maps"),
-                           self.num_classes, lambda other, images, stage: self._maps(
-                               other, images, target, image_seeds(images, self.seed), stage),  # other images: own draws
+                           self.num_classes, lambda other, images, stage, methods=None: self._maps(
+                               other, images, target, image_seeds(images, self.seed), stage, methods),  # own draws
                            self._timed, signal_center, signal_sigma, signal_amplitude)
         for control in self.controls:
             control.update(batch)

@@ -117,15 +117,20 @@ def maps_grid_figure(images: Sequence[np.ndarray], maps: Sequence[Mapping[str, n
         _show(axes[row, 0], contrast_adjust(image, 0.5, 99.5), title, "gray", box)
         for col, method in enumerate(methods, start=1):
             _show(axes[row, col], jet_overlay(image, row_maps[method]), method if row == 0 else "", None, box)
+    # one scale for every panel: each map is contrast-adjusted to its own 1st-99th percentile before colouring
+    fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(0.0, 1.0), cmap="jet"), ax=axes, shrink=0.6, pad=0.01,
+                 label="map value, contrast-adjusted per map (low to high)")
     return fig
 
 
 def grouped_bar_figure(values: Mapping[str, Sequence[float]], groups: Sequence[str], ylabel: str, title: str = "",
                        errors: Optional[Mapping[str, Sequence[float]]] = None,
-                       reference: Optional[float] = None) -> plt.Figure:
+                       reference: Optional[float] = None,
+                       intervals: Optional[Mapping[str, Sequence[Sequence[float]]]] = None) -> plt.Figure:
     """Bars of ``values[method][g]`` for each group ``g`` (e.g. a pixel fraction), methods side by side within a
-    group, iFIM entries hatched; optional error bars and a dashed reference line (e.g. ratio 1: no contrast).
-    Non-finite values are drawn as missing and marked ``n/a``."""
+    group, iFIM entries hatched; optional error bars (``errors``: symmetric, e.g. a std; ``intervals``: per bar its
+    ``(low, high)``, e.g. a 95 % interval, drawn where both ends are finite) and a dashed reference line (e.g.
+    ratio 1: no contrast). Non-finite values are drawn as missing and marked ``n/a``."""
     methods = list(values)
     width = 0.8 / max(1, len(methods))
     # wide enough for the bars, but capped: nine fills x fractions of ten methods stay readable at 16 inches
@@ -136,8 +141,15 @@ def grouped_bar_figure(values: Mapping[str, Sequence[float]], groups: Sequence[s
         positions = np.arange(len(groups)) + (j - (len(methods) - 1) / 2) * width
         finite = np.isfinite(heights)
         err = None if errors is None else np.asarray(errors[method], dtype=np.float64)[finite]
+        if intervals is not None and method in intervals:
+            bounds = np.asarray([(np.nan, np.nan) if b is None else b for b in intervals[method]],
+                                dtype=np.float64).reshape(-1, 2)
+            spans = np.stack([heights - bounds[:, 0], bounds[:, 1] - heights])
+            spans[:, ~np.isfinite(spans).all(0)] = 0.0  # an interval reaching inf is not drawn
+            err = np.clip(spans, 0.0, None)[:, finite]
         ax.bar(positions[finite], heights[finite], width, yerr=err, label=method, color=colors(j % 10),
-               hatch="//" if method.startswith("ifim") else None, edgecolor="black", linewidth=0.4, capsize=2)
+               hatch="//" if method.lower().startswith("ifim") else None, edgecolor="black", linewidth=0.4,
+               capsize=2)
         for x in positions[~finite]:
             ax.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
     if reference is not None:
@@ -191,9 +203,11 @@ Band = Tuple[Sequence[float], Sequence[float]]  # (low, high) of an interval alo
 
 
 def line_panels_figure(x: Sequence[float], panels: Mapping[str, Mapping[str, Sequence[float]]], xlabel: str,
-                       title: str = "", bands: Optional[Mapping[str, Mapping[str, Band]]] = None) -> plt.Figure:
+                       title: str = "", bands: Optional[Mapping[str, Mapping[str, Band]]] = None,
+                       ylim: Optional[Tuple[float, float]] = None) -> plt.Figure:
     """One axes per panel (``panels[panel title][series] = y over x``), a series in the same colour in every panel,
-    iFIM drawn thicker; ``bands[panel][series] = (low, high)`` shades an interval."""
+    iFIM drawn thicker; ``bands[panel][series] = (low, high)`` shades an interval; ``ylim``: one y-range for every
+    panel, so panels of one family of curves compare at a glance."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.6, 3.6), squeeze=False)
     colors = colormaps["tab10"]
     names = list(dict.fromkeys(series for lines in panels.values() for series in lines))
@@ -201,13 +215,15 @@ def line_panels_figure(x: Sequence[float], panels: Mapping[str, Mapping[str, Seq
         for series, y in lines.items():
             color = colors(names.index(series) % 10)
             ax.plot(x, np.asarray(y, dtype=np.float64), color=color, marker=".", label=series,
-                    linewidth=2.2 if series.startswith("ifim") else 1.0)
+                    linewidth=2.2 if series.lower().startswith("ifim") else 1.0)
             band = (bands or {}).get(panel, {}).get(series)
             if band is not None:
                 ax.fill_between(x, np.asarray(band[0], dtype=np.float64), np.asarray(band[1], dtype=np.float64),
                                 color=color, alpha=0.15, linewidth=0)
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel(xlabel)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
     axes[0, -1].legend(fontsize=6, ncol=1, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.suptitle(title, fontsize=10)
     return fig
