@@ -446,8 +446,8 @@ def map_names(names: Optional[Sequence[str]] = None) -> List[str]:
 def compute_maps(methods: Sequence[MapMethod], model: nn.Module, x: torch.Tensor,
                  target: Optional[torch.Tensor] = None, seed: Seeds = 0, **options) -> Dict[str, torch.Tensor]:
     """Every map of ``methods`` for ``x`` ``(B, C_in, *spatial)``: ``{map name: (B, 1, *spatial)}``, detached,
-    each method run once, on a copy of ``model`` in eval mode sharing its parameters (the model is left as it was:
-    mode, ``.grad``, hooks).
+    each method run once, in eval mode (the model is left as it was: mode, ``.grad``, hooks; the CAMs, which leave
+    hooks on the module they are given, run on a copy sharing its parameters).
 
     Args:
         target: ``(B,)`` classes to explain; default the predicted ones (for the methods that take one).
@@ -456,7 +456,7 @@ def compute_maps(methods: Sequence[MapMethod], model: nn.Module, x: torch.Tensor
             ``baselines``).
     """
     maps: Dict[str, torch.Tensor] = {}
-    with borrowed(model, copy=True) as clone:
+    with borrowed(model, copy=any(m.needs_layer for m in methods)) as clone:
         settings = MapOptions(**options)
         if any(m.needs_seed for m in methods):
             settings = _with(settings, seeds=per_image_seeds(x, seed))

@@ -15,12 +15,12 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["model_stamp_path", "check_stamp", "read_checkpoint", "load_checkpoint"]
+__all__ = ["model_stamp_path", "check_stamp", "read_checkpoint", "load_checkpoint", "misfit_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,12 @@ def load_checkpoint(network: nn.Module, path: os.PathLike, expected: Optional[Ma
     try:
         network.load_state_dict(state)
     except (RuntimeError, KeyError) as err:
-        raise RuntimeError(f"checkpoint {path} does not fit the network ({type(network).__name__}): it was saved "
-                           f"from another network or configuration. {str(err).splitlines()[0]}") from err
+        raise misfit_error(path, [network], err) from err
     return network
+
+
+def misfit_error(path: os.PathLike, objects: Sequence[Any], err: BaseException) -> RuntimeError:
+    """The error for weights that do not fit ``objects`` (the networks they were loaded into), naming the file."""
+    names = ", ".join(type(obj).__name__ for obj in objects)
+    return RuntimeError(f"checkpoint {path} does not fit the network ({names}): it was saved from another network "
+                        f"or configuration. {str(err).splitlines()[0]}")

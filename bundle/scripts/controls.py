@@ -70,7 +70,7 @@ from .metrics import (
     signal_localization,
     spearman_per_image,
 )
-from .verdicts import TIE, best, ci, fmt, interval_status, judge, table, verdict
+from .verdicts import TIE, best, ci, defined, fmt, interval_status, judge, outcome, table, verdict
 from .visualize import grouped_bar_figure, line_panels_figure, save_figure_atomic
 
 __all__ = ["StudySetup", "StudyBatch", "StudyTotals", "Section", "Sections", "Control", "ContrastivePerturbation",
@@ -239,10 +239,6 @@ class Control:
 
     def compute(self, totals: StudyTotals) -> Section:
         raise NotImplementedError
-
-
-def _defined(value) -> bool:
-    return value is not None and not math.isnan(value)
 
 
 def _alpha_keys(alphas: Sequence[float]) -> List[str]:
@@ -435,7 +431,7 @@ class PerturbationResult(Section):
             for alpha in _alpha_keys(self.alphas):
                 ratios = {m: v[alpha]["ratio"] for m, v in perturbation.items()}
                 tests = self.tests.get(tag, {}).get(alpha, {})
-                below = [m for m, t in tests.items() if _defined(t["p_holm"]) and t["p_holm"] < self.level]
+                below = [m for m, t in tests.items() if defined(t["p_holm"]) and t["p_holm"] < self.level]
                 clear += bool(tests) and len(below) == len(tests)
                 part = f"at {_percent(alpha)} % {IFIM.display}'s ratio is {fmt(ratios[IFIM.name])} and the claim " \
                        f"that it is the highest {verdict(ratios, IFIM.name, highest=True)}"
@@ -467,9 +463,9 @@ class PerturbationResult(Section):
             return None
         random_drops, top_drops = [], []
         for alpha in alphas:
-            drops = [v[alpha]["drop_high"] for v in per_method.values() if _defined(v[alpha]["drop_high"])]
+            drops = [v[alpha]["drop_high"] for v in per_method.values() if defined(v[alpha]["drop_high"])]
             random_drop = max(v[alpha]["drop_random"] for v in per_method.values())
-            if not drops or not _defined(random_drop) or random_drop < max(drops) - TIE:
+            if not drops or not defined(random_drop) or random_drop < max(drops) - TIE:
                 return None
             random_drops.append(random_drop)
             top_drops.append(max(drops))
@@ -609,12 +605,6 @@ class MatchedResolution(Control):
         return ResolutionResult(self.fill.tag, self.fill.name, self.sigma, ratios, differences)
 
 
-def _outcome(claim: str) -> str:
-    """The kind of a :func:`scripts.verdicts.verdict`: holds, tie, does not hold or cannot be judged."""
-    return ("tie" if claim.startswith("holds only as a tie") else "holds" if claim.startswith("holds") else
-            "does not hold" if claim.startswith("does not hold") else "cannot be judged")
-
-
 @dataclass
 class ResolutionResult(Section):
     """The ratios with every map smoothed alike: ``ratios[method][alpha]`` under the fill ``fill_tag``, and
@@ -646,8 +636,9 @@ class ResolutionResult(Section):
             claim = judge(smoothed, IFIM.name, self.differences.get(alpha, {}), highest=True)[0]
             part = f"at {_percent(alpha)} % iFIM's smoothed ratio is {fmt(smoothed[IFIM.name])} and the claim {claim}"
             if IFIM.name in raw and alpha in raw[IFIM.name]:
-                before = verdict({m: v[alpha] for m, v in raw.items()}, IFIM.name, highest=True)
-                same = _outcome(before) == _outcome(verdict(smoothed, IFIM.name, highest=True))
+                unsmoothed = {m: v[alpha] for m, v in raw.items()}
+                before = verdict(unsmoothed, IFIM.name, highest=True)
+                same = outcome(unsmoothed, IFIM.name, True) == outcome(smoothed, IFIM.name, True)
                 part += (f"; unsmoothed it {before}: the verdict {'does not depend' if same else 'depends'} on "
                          "resolution")
             parts.append(part)
@@ -1148,8 +1139,8 @@ class ComplementResult(Section):
         r = self.correlation["mean"]
         low, high = self.correlation.get("interval", [math.nan, math.nan])
         bound = self.close
-        if not (_defined(low) and low >= bound):
-            said = ("differs from the image" if _defined(high) and high < bound else
+        if not (defined(low) and low >= bound):
+            said = ("differs from the image" if defined(high) and high < bound else
                     f"is not resolved as close to the image (its interval reaches below {bound:g})")
             return [f"I(x) {said}: its Pearson correlation with |x| averages {fmt(r)} [{fmt(low)}, {fmt(high)}]."]
         fgsm_result = sections.find(FGSMResult)
@@ -1470,7 +1461,7 @@ class CascadeResult(Section):
             return []
         parts = []
         for m in self.per_step[steps[0]]:
-            below = [i for i, step in enumerate(steps) if _defined(self.step_intervals[step][m][1])
+            below = [i for i, step in enumerate(steps) if defined(self.step_intervals[step][m][1])
                      and self.step_intervals[step][m][1] < self.bound]
             parts.append(f"{display_name(m)} after {below[0] + 1} of {len(steps)}" if below else
                          f"{display_name(m)} not even with all {len(steps)}")
@@ -1515,7 +1506,7 @@ class RandomizationResult(Section):
 
     def findings(self, sections: Sections) -> List[str]:
         intervals = self.per_map_intervals or {}
-        failing = sorted(m for m, v in intervals.items() if _defined(v[0]) and v[0] > self.bound)
+        failing = sorted(m for m, v in intervals.items() if defined(v[0]) and v[0] > self.bound)
         if not failing:
             return []
         return [f"Model randomization: the maps of {', '.join(failing)} keep a rank correlation above {self.bound:g} "

@@ -32,7 +32,7 @@ from torch import nn
 
 from . import distributed
 from .atomic import append_csv_rows, atomic_write, write_csv
-from .checkpoints import model_stamp_path, read_checkpoint
+from .checkpoints import misfit_error, model_stamp_path, read_checkpoint
 from .ifim import DEFAULT_RHO, ifim_decompose
 from .report import write_report
 from .study import AttributionStudy
@@ -361,6 +361,4 @@ class CheckedCheckpointLoader(CheckpointLoader):
         try:
             super().__call__(engine)
         except (RuntimeError, KeyError) as err:
-            names = ", ".join(type(obj).__name__ for obj in self.load_dict.values())
-            raise RuntimeError(f"checkpoint {self.load_path} does not fit the network ({names}): it was saved from "
-                               f"another network or configuration. {str(err).splitlines()[0]}") from err
+            raise misfit_error(self.load_path, list(self.load_dict.values()), err) from err

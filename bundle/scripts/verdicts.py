@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 __all__ = ["TIE", "fmt", "table", "jsonable", "leaders", "best", "runner_up", "verdict", "interval_status", "paired",
-           "ci", "judge"]
+           "ci", "judge", "defined", "outcome"]
 
 TIE = 1e-3  # results closer than this count as equal (e.g. S and the vanilla gradient, the same ranking for C = 2)
 
@@ -58,7 +58,8 @@ def ci(interval: Optional[Sequence[float]], scale: float = 1.0) -> str:
     return f" [{fmt(scale * low, digits)}, {fmt(scale * high, digits)}]"
 
 
-def _defined(value) -> bool:
+def defined(value) -> bool:
+    """A score that can be compared: not None, not NaN (infinities are)."""
     return value is not None and not math.isnan(value)
 
 
@@ -70,11 +71,11 @@ def _same(a: float, b: float) -> bool:
 def leaders(scores: Mapping[str, float], highest: bool) -> list:
     """Every method whose score equals the highest (lowest) defined one (:func:`_same`), in the order given: an
     infinite ratio is the best possible one, not left out; NaN scores are left out."""
-    defined = {m: v for m, v in scores.items() if _defined(v)}
-    if not defined:
+    comparable = {m: v for m, v in scores.items() if defined(v)}
+    if not comparable:
         return []
-    top = (max if highest else min)(defined.values())
-    return [m for m, v in defined.items() if _same(v, top)]
+    top = (max if highest else min)(comparable.values())
+    return [m for m, v in comparable.items() if _same(v, top)]
 
 
 def best(scores: Mapping[str, float], highest: bool) -> Optional[str]:
@@ -88,19 +89,27 @@ def runner_up(scores: Mapping[str, float], ours: str, highest: bool) -> Optional
     return best({m: v for m, v in scores.items() if m != ours}, highest)
 
 
-def verdict(scores: Mapping[str, float], ours: str, highest: bool) -> str:
-    """The claim "``ours`` scores highest (lowest)": 'holds' when ours alone leads, 'holds only as a tie with ...'
-    when others lead with it, 'does not hold: <leader> is higher (<value>)' otherwise, and 'cannot be judged' when
-    ours is undefined."""
-    if not _defined(scores.get(ours)):
-        return f"cannot be judged: {ours}'s score is undefined (n/a)"
+def outcome(scores: Mapping[str, float], ours: str, highest: bool) -> str:
+    """The kind of verdict on "``ours`` scores highest (lowest)": ``"holds"`` (ours alone leads), ``"tie"`` (others
+    lead with it), ``"does not hold"`` or ``"cannot be judged"`` (ours undefined)."""
+    if not defined(scores.get(ours)):
+        return "cannot be judged"
     ahead = leaders(scores, highest)
-    if ours in ahead:
-        tied = [m for m in ahead if m != ours]
-        if not tied:
-            return "holds"
-        return f"holds only as a tie with {', '.join(tied)} ({fmt(scores[tied[0]])})"
-    return f"does not hold: {ahead[0]} is {'higher' if highest else 'lower'} ({fmt(scores[ahead[0]])})"
+    if ours not in ahead:
+        return "does not hold"
+    return "holds" if ahead == [ours] else "tie"
+
+
+def verdict(scores: Mapping[str, float], ours: str, highest: bool) -> str:
+    """The :func:`outcome` in words: 'holds', 'holds only as a tie with ...', 'does not hold: <leader> is higher
+    (<value>)' or 'cannot be judged: ...'."""
+    kind, ahead = outcome(scores, ours, highest), leaders(scores, highest)
+    if kind == "cannot be judged":
+        return f"cannot be judged: {ours}'s score is undefined (n/a)"
+    if kind == "does not hold":
+        return f"does not hold: {ahead[0]} is {'higher' if highest else 'lower'} ({fmt(scores[ahead[0]])})"
+    tied = [m for m in ahead if m != ours]
+    return "holds" if not tied else f"holds only as a tie with {', '.join(tied)} ({fmt(scores[tied[0]])})"
 
 
 def interval_status(differences: Mapping[str, Sequence[float]], other: Optional[str], sign: float) -> Optional[str]:
