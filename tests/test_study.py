@@ -49,7 +49,7 @@ from scripts.metrics import (
     signal_localization,
 )
 from scripts.networks import ShallowCNN
-from scripts.report import findings, write_report
+from scripts.report import findings, primary_endpoint, write_report
 from scripts.seeding import image_seeds
 from scripts.study import AttributionStudy, StudyResults
 
@@ -303,21 +303,20 @@ def _hand_study(ifim_ratio, gradcam_ratio, ifim_pearson=0.1, gradcam_pearson=0.5
 
 def test_findings_follow_the_numbers():
     text = "\n".join(findings(_hand_study(1.8, 1.2)))
-    assert "Pixels replaced by N(0.5, 0.25^2) (exploratory): at 1 % iFIM's ratio is 1.800 and the claim that it is " \
-           "the highest holds" in text
+    assert "Pixels replaced by N(0.5, 0.25^2) (exploratory): iFIM's ratio at 1 % 1.800 (the highest" in text
     assert "lowest clean/adversarial correlation holds" in text
-    assert "3.0 times a uniform map" in text and "gradcam keep a rank correlation above 0.5" in text
+    assert "3.0 times a uniform map" in text and "Grad-CAM keep a rank correlation above 0.5" in text
     text = "\n".join(findings(_hand_study(1.2, math.inf, ifim_pearson=0.7)))
     # a top-k perturbation that drives F1 to 0 gives the best possible ratio, not one to leave out
-    assert "the highest does not hold: gradcam is higher (inf)" in text and "the highest holds" not in text
+    assert "at 1 % 1.200 (Grad-CAM is higher (inf)" in text and "1 % 1.200 (the highest" not in text
     text = "\n".join(findings(_hand_study(math.inf, math.inf)))
-    assert "the highest holds only as a tie with gradcam (inf)" in text
+    assert "at 1 % inf (tied with Grad-CAM (inf))" in text
     text = "\n".join(findings(_hand_study(1.2, 1.5, ifim_pearson=0.7)))
-    assert "the highest does not hold: gradcam is higher (1.500)" in text
-    assert "correlation does not hold: gradcam is lower (0.500)" in text
+    assert "at 1 % 1.200 (Grad-CAM is higher (1.500)" in text
+    assert "correlation does not hold: Grad-CAM is lower (0.500)" in text
     text = "\n".join(findings(_hand_study(1.2, 1.2005, ifim_pearson=0.5, gradcam_pearson=0.4999)))
-    assert "the highest holds only as a tie with gradcam (1.200)" in text
-    assert "correlation holds only as a tie with gradcam" in text
+    assert "at 1 % 1.200 (tied with Grad-CAM (1.200))" in text
+    assert "correlation holds only as a tie with Grad-CAM" in text
     study = _hand_study(1.8, 1.2)
     assert "uninformative" not in "\n".join(findings(study))  # iFIM's top set (0.4) does more than random (0.1)
     stat = {"std": 0.0, "n": 4, "n_undefined": 0}
@@ -339,7 +338,7 @@ def test_an_exact_tie_is_a_tie_whatever_the_order():
         perturbation = study.sections.find(PerturbationResult)
         perturbation.scores["g"] = {m: perturbation.scores["g"][m] for m in order}
         text = "\n".join(findings(study))
-        assert "the highest holds only as a tie with gradcam (1.500)" in text and "the highest holds;" not in text
+        assert "at 1 % 1.500 (tied with Grad-CAM (1.500))" in text and "1 % 1.500 (the highest" not in text
         for fmt_value, expected in ((1.5, "1.500"), (math.inf, "inf"), (-math.inf, "-inf"), (math.nan, "n/a")):
             assert verdicts.fmt(fmt_value) == expected
 
@@ -354,17 +353,19 @@ def _with_primary(study, difference):
 def test_the_primary_endpoint_comes_first_and_needs_every_interval_clear():
     """The declared endpoint is answered first, from the paired interval against every other method (not the
     runner-up): 'yes' only when each is clear of 0; otherwise the methods it is not clear against, and which way."""
-    text = "\n".join(findings(_with_primary(_hand_study(1.8, 1.2), [-0.1, 1.2])))
+    study = _with_primary(_hand_study(1.8, 1.2), [-0.1, 1.2])
+    assert findings(study)[0].startswith("Primary endpoint (stated above): No.")
+    text = "\n".join(primary_endpoint(study))
     assert text.startswith("Primary endpoint: under N(0.5, 0.25^2) at 1 % of pixels, is iFIM's F1 ratio above every "
                            "other method's, each paired 95 % interval of the difference clear of 0? Declared before "
-                           "any result was seen. Answer: no.")
-    assert "clear of 0 against 0 of 1 methods; not against gradcam (1.200, difference [-0.100, 1.200]: " \
-           "includes 0)" in text
-    text = "\n".join(findings(_with_primary(_hand_study(1.8, 1.2), [0.2, 1.0])))
-    assert "Answer: yes. iFIM's ratio is 1.800; clear of 0 against 1 of 1 methods." in text
-    text = "\n".join(findings(_with_primary(_hand_study(1.2, 1.5), [-0.5, -0.1])))
-    assert "Answer: no." in text and "(1.500, difference [-0.500, -0.100]: other way)" in text
-    assert "(holds the primary endpoint; the rest is secondary)" in text
+                           "any result was seen. Answer: No.")
+    assert "clear of 0 against 0 of 1 methods; includes 0: Grad-CAM 1.200 [-0.100, 1.200]." in text
+    text = "\n".join(primary_endpoint(_with_primary(_hand_study(1.8, 1.2), [0.2, 1.0])))
+    assert "Answer: Yes. iFIM's ratio is 1.800; clear of 0 against 1 of 1 methods." in text
+    study = _with_primary(_hand_study(1.2, 1.5), [-0.5, -0.1])
+    text = "\n".join(primary_endpoint(study))
+    assert "Answer: No." in text and "other way: Grad-CAM 1.500 [-0.500, -0.100]" in text
+    assert "(holds the primary endpoint; the rest is secondary)" in "\n".join(findings(study))
     out = write_report(Path(tempfile.mkdtemp()), _with_primary(_hand_study(1.8, 1.2), [0.2, 1.0]))
     markdown = (out / "report.md").read_text()
     assert markdown.index("## Primary endpoint") < markdown.index("test images")  # before any other number
@@ -381,10 +382,10 @@ def test_the_secondary_family_is_holm_adjusted_against_each_method():
     perturbation.tests = {"g": {"0.01": {"gradcam": {"p": 0.004, "p_holm": 0.012}}}}
     stability.stability_intervals = {"fgsm_pearson_ifim_sensitive_minus": {"gradcam": [-0.6, -0.2]}}
     text = "\n".join(findings(study))
-    assert "it is above 1 of 1 other methods at family-wise 5 % (Holm over 1 comparisons)" in text
+    assert "At family-wise 5 % (Holm over 1 comparisons) it is above 1 of 1 other methods at 1 %." in text
     assert "iFIM's ratio is above every other method's at family-wise 5 % (Holm) at 1 of 1 under N(0.5, 0.25^2)" in text
     assert ("lowest clean/adversarial correlation holds, and the 95 % interval of the difference stays clear of 0 "
-            "(ifim_sensitive minus gradcam: [-0.600, -0.200])") in text
+            "(iFIM S(x) minus Grad-CAM: [-0.600, -0.200])") in text
     perturbation.tests["g"]["0.01"]["gradcam"]["p_holm"] = 0.2
     text = "\n".join(findings(study))
     assert "it is above 0 of 1 other methods" in text and "at 0 of 1 under N(0.5, 0.25^2)" in text
@@ -516,9 +517,9 @@ def test_localization_weighs_energy_auroc_and_pointing_with_paired_intervals(stu
         {"energy_fraction": {"eigencam": [0.05, 0.15]}, "auroc": {"eigencam": [-0.12, -0.04]},
          "pointing_hit": {"eigencam": [-0.1, 0.9]}})
     text = "\n".join(findings(study))
-    assert "by AUROC (0.900) it does not hold: eigencam is higher (0.980); the 95 % interval of the difference is " \
-           "clear of 0 the other way" in text
-    assert "It holds with an interval clear of 0 by 1 of 3 scores (energy on the signal)." in text
+    assert "by AUROC 0.900 (Eigen-CAM is higher (0.980), clear of 0)" in text
+    assert "by energy on the signal 0.300 (the highest, clear of 0 against Eigen-CAM)" in text
+    assert "It leads with an interval clear of 0 by 1 of 3 scores (energy on the signal)." in text
 
 
 def test_a_new_control_is_one_class_and_one_config_entry(batch, tmp_path):

@@ -70,7 +70,7 @@ from .metrics import (
     signal_localization,
     spearman_per_image,
 )
-from .verdicts import TIE, best, ci, defined, fmt, interval_status, judge, outcome, table, verdict
+from .verdicts import TIE, best, brief, ci, defined, fmt, interval_status, judge, outcome, table
 from .visualize import grouped_bar_figure, line_panels_figure, save_figure_atomic
 
 __all__ = ["StudySetup", "StudyBatch", "StudyTotals", "Section", "Sections", "Control", "ContrastivePerturbation",
@@ -386,12 +386,13 @@ class PerturbationResult(Section):
                 for tag, per_method in self.scores.items() for method, per_alpha in per_method.items()
                 for alpha, values in per_alpha.items()}
 
-    def primary_verdict(self) -> Tuple[str, Optional[bool]]:
-        """The declared primary endpoint and its verdict: whether iFIM's ratio is above every other method's with
-        each paired interval clear of 0 (None: no primary endpoint, or not computable)."""
+    def primary_verdict(self) -> Tuple[str, str, Optional[bool]]:
+        """The declared primary endpoint: ``(its question, with how it was declared; the answer from the numbers;
+        whether iFIM's ratio is above every other method's with each paired interval clear of 0)`` (None: no
+        primary endpoint, or not computable)."""
         if self.primary is None:
             return ("No primary endpoint was declared (ContrastivePerturbation's `primary` in configs/evaluate.yaml): "
-                    "every comparison below is exploratory."), None
+                    "every comparison below is exploratory."), "", None
         tag, alpha = self.primary["fill"], self.primary["alpha"]
         question = (f"Primary endpoint: under {self.names.get(tag, tag)} at {_percent(alpha)} % of pixels, is "
                     f"{IFIM.display}'s F1 ratio above every other method's, each paired 95 % interval of the "
@@ -402,53 +403,63 @@ class PerturbationResult(Section):
         differences = self.differences.get(tag, {}).get(alpha, {})
         others = [m for m in per_method if m != IFIM.name]
         if IFIM.name not in per_method or not others or not differences:
-            return question + " Not computable in this run (no iFIM ratio, other method or interval).", None
+            return question, "Not computable in this run (no iFIM ratio, other method or interval).", None
         degenerate = self.uninformative(tag)
-        if degenerate:
-            question += f" The primary fill is {degenerate}."
         status = {m: interval_status(differences, m, 1.0) for m in others}
         failing = [m for m in others if status[m] != "clear"]
         ours = per_method[IFIM.name][alpha]["ratio"]
-        answer = (f" Answer: {'yes' if not failing else 'no'}. {IFIM.display}'s ratio is {fmt(ours)}"
+        answer = (f"{'Yes' if not failing else 'No'}. {IFIM.display}'s ratio is {fmt(ours)}"
                   + ci(self.score_intervals.get(tag, {}).get(IFIM.name, {}).get(alpha, {}).get("ratio"))
                   + f"; clear of 0 against {len(others) - len(failing)} of {len(others)} methods")
-        if failing:
-            answer += "; not against " + ", ".join(
-                f"{m} ({fmt(per_method[m][alpha]['ratio'])}, difference{ci(differences.get(m)) or ' n/a'}: "
-                f"{status[m] or 'no interval'})" for m in failing)
-        return question + answer + ".", not failing
+        by_status: Dict[str, List[str]] = {}
+        for m in failing:
+            by_status.setdefault(status[m] or "no interval", []).append(
+                f"{display_name(m)} {fmt(per_method[m][alpha]['ratio'])}{ci(differences.get(m))}")
+        answer += "".join(f"; {kind}: " + ", ".join(entries) for kind, entries in by_status.items()) + "."
+        if degenerate:
+            answer += f" The primary fill is {degenerate}."
+        return question, answer, not failing
 
     def _judged(self) -> Tuple[List[str], Dict[str, int]]:
-        """The secondary family per fill: at each fraction the point verdict (does iFIM have the highest ratio) and
-        against how many methods its ratio is higher at family-wise 5 % (Holm); per fill name, at how many
-        fractions it is higher than every method."""
+        """The secondary family per fill, a few sentences each: iFIM's ratio and its point verdict at each
+        fraction, against how many methods it is higher at family-wise 5 % (Holm), and the fractions at which its
+        top set does no more than random pixels; per fill name, at how many fractions it is higher than every
+        method."""
         lines, holds_clear, names = [], {}, self.names
         family = sum(len(per_method) for per_alpha in self.tests.values() for per_method in per_alpha.values())
+        alphas = _alpha_keys(self.alphas)
         for tag, perturbation in self.scores.items():
             if IFIM.name not in perturbation:
                 continue
-            parts, clear = [], 0
-            for alpha in _alpha_keys(self.alphas):
+            points, above, harmless, clear = [], [], [], 0
+            for alpha in alphas:
                 ratios = {m: v[alpha]["ratio"] for m, v in perturbation.items()}
+                claim = brief(ratios, IFIM.name, self.differences.get(tag, {}).get(alpha, {}), highest=True)
+                points.append(f"{_percent(alpha)} % {fmt(ratios[IFIM.name])} ({claim})")
                 tests = self.tests.get(tag, {}).get(alpha, {})
                 below = [m for m, t in tests.items() if defined(t["p_holm"]) and t["p_holm"] < self.level]
                 clear += bool(tests) and len(below) == len(tests)
-                part = f"at {_percent(alpha)} % {IFIM.display}'s ratio is {fmt(ratios[IFIM.name])} and the claim " \
-                       f"that it is the highest {verdict(ratios, IFIM.name, highest=True)}"
                 if tests:
-                    part += (f"; it is above {len(below)} of {len(tests)} other methods at family-wise "
-                             f"{100 * self.level:g} % (Holm over {family} comparisons)")
-                parts.append(part)
+                    above.append((alpha, len(below), len(tests)))
                 ours = perturbation[IFIM.name][alpha]
                 if ours["drop_high"] <= ours["drop_random"]:
-                    parts.append(f"at {_percent(alpha)} % replacing {IFIM.display}'s top pixels lowers F1 by "
-                                 f"{fmt(ours['drop_high'])}, no more than replacing random pixels "
-                                 f"({fmt(ours['drop_random'])}): the ratio reflects how harmless the bottom set is, "
-                                 "not that the top set is special")
+                    harmless.append((alpha, ours["drop_high"], ours["drop_random"]))
             holds_clear[names.get(tag, tag)] = clear
             degenerate = self.uninformative(tag)
-            lines.append(f"Pixels replaced by {names.get(tag, tag)}{self._role(tag)}: " + "; ".join(
-                ([degenerate] if degenerate else []) + parts) + ".")
+            sentences = [f"This fill is {degenerate}."] if degenerate else []
+            sentences.append(f"{IFIM.display}'s ratio at " + "; ".join(points) + ".")
+            if above:
+                sentences.append(
+                    f"At family-wise {100 * self.level:g} % (Holm over {family} comparisons) it is above "
+                    + ", ".join(f"{k} of {n}" for _, k, n in above) + " other methods at "
+                    + ", ".join(_percent(a) for a, _, _ in above) + " %.")
+            if harmless:
+                sentences.append(
+                    f"At {', '.join(_percent(a) for a, _, _ in harmless)} % replacing its top pixels lowers F1 no "
+                    f"more than replacing random pixels ({', '.join(fmt(h) for _, h, _ in harmless)} against "
+                    f"{', '.join(fmt(r) for _, _, r in harmless)}): the ratio reflects how harmless the bottom set "
+                    "is, not that the top set is special.")
+            lines.append(f"Pixels replaced by {names.get(tag, tag)}{self._role(tag)}: " + " ".join(sentences))
         if holds_clear and self.tests:
             lines.append(f"Secondary family over {len(self.alphas)} pixel fractions: {self._summary(holds_clear)}.")
         return lines, holds_clear
@@ -486,16 +497,18 @@ class PerturbationResult(Section):
                 f"(Holm) at {counts}")
 
     def findings(self, sections: Sections) -> List[str]:
-        return self._judged()[0]
+        _, answer, _ = self.primary_verdict()
+        return ([f"Primary endpoint (stated above): {answer}"] if answer else []) + self._judged()[0]
 
     def primary_lines(self) -> List[str]:
-        return [self.primary_verdict()[0]]
+        question, answer, _ = self.primary_verdict()
+        return [f"{question} Answer: {answer}" if answer else question]
 
     def paper_rows(self, sections: Sections) -> List[List[str]]:
         holds_clear = self._judged()[1]
         rows = []
         if self.primary is not None:
-            holds = self.primary_verdict()[1]
+            holds = self.primary_verdict()[2]
             rows.append([f"Fig. 3: {IFIM.display} has the highest F1 ratio (primary endpoint)",
                          "holds for every task and classifier",
                          {True: "holds", False: "does not hold", None: "not computable"}[holds]])
@@ -630,20 +643,21 @@ class ResolutionResult(Section):
     def findings(self, sections: Sections) -> List[str]:
         if IFIM.name not in self.ratios:
             return []
-        raw, parts = self._raw(sections), []
+        raw, parts, depends = self._raw(sections), [], []
         for alpha in self.ratios[IFIM.name]:
             smoothed = {m: v[alpha] for m, v in self.ratios.items()}
-            claim = judge(smoothed, IFIM.name, self.differences.get(alpha, {}), highest=True)[0]
-            part = f"at {_percent(alpha)} % iFIM's smoothed ratio is {fmt(smoothed[IFIM.name])} and the claim {claim}"
+            part = (f"{_percent(alpha)} % {fmt(smoothed[IFIM.name])} "
+                    f"({brief(smoothed, IFIM.name, self.differences.get(alpha, {}), highest=True)}")
             if IFIM.name in raw and alpha in raw[IFIM.name]:
                 unsmoothed = {m: v[alpha] for m, v in raw.items()}
-                before = verdict(unsmoothed, IFIM.name, highest=True)
-                same = outcome(unsmoothed, IFIM.name, True) == outcome(smoothed, IFIM.name, True)
-                part += (f"; unsmoothed it {before}: the verdict {'does not depend' if same else 'depends'} on "
-                         "resolution")
-            parts.append(part)
+                part += f"; unsmoothed {brief(unsmoothed, IFIM.name, {}, highest=True)}"
+                if outcome(unsmoothed, IFIM.name, True) != outcome(smoothed, IFIM.name, True):
+                    depends.append(_percent(alpha))
+            parts.append(part + ")")
+        said = (f"the verdict depends on resolution at {', '.join(depends)} %" if depends else
+                "no verdict depends on resolution")
         return [f"Matched resolution (every map smoothed by a Gaussian of {self.sigma:g} pixels, pixels replaced by "
-                f"{self.fill_name}): " + "; ".join(parts) + "."]
+                f"{self.fill_name}): {IFIM.display}'s smoothed ratio at " + "; ".join(parts) + f". So {said}."]
 
     def render(self, out: Path) -> List[str]:
         alphas = list(next(iter(self.ratios.values()), {}))
@@ -1308,19 +1322,26 @@ class LocalizationResult(Section):
         winner = best(gain, highest=True)
         if winner is None:
             return []
-        lines = [f"Localization: {winner} puts the most map energy on the known signal, {fmt(gain[winner], 1)} times "
-                 f"a uniform map's share; {IFIM.display} sensitive: {fmt(gain.get(SENSITIVE, math.nan), 1)} times."]
+        lines = [f"Localization: {display_name(winner)} puts the most map energy on the known signal, "
+                 f"{fmt(gain[winner], 1)} times a uniform map's share"
+                 + ("." if winner == SENSITIVE or SENSITIVE not in gain else
+                    f"; {display_name(SENSITIVE)}: {fmt(gain[SENSITIVE], 1)} times.")]
         if SENSITIVE not in self.per_map:
             return lines
         names = {"energy_fraction": "energy on the signal", "auroc": "AUROC", "pointing_hit": "pointing game"}
-        judged = [(key, *judge({m: v[key] for m, v in self.per_map.items() if key in v}, SENSITIVE,
-                               self.paired.get(key, {}), highest=True)) for key in self.scores]
+        judged = []
+        for key in self.scores:
+            scores = {m: v[key] for m, v in self.per_map.items() if key in v}
+            if SENSITIVE not in scores:
+                continue
+            holds = judge(scores, SENSITIVE, self.paired.get(key, {}), highest=True)[1]
+            judged.append((key, brief(scores, SENSITIVE, self.paired.get(key, {}), highest=True), holds))
         clear = [names[key] for key, _, holds in judged if holds]
         ours = self.per_map[SENSITIVE]
-        claims = "; by ".join(f"{names[key]} ({fmt(ours.get(key, math.nan))}) it {text}" for key, text, _ in judged)
-        lines.append(f"Localization, all three scores weighed: the claim that the {IFIM.display} sensitive map "
-                     f"localizes the signal best, by {claims}. It holds with an interval clear of 0 by {len(clear)} of "
-                     f"{len(judged)} scores" + (f" ({', '.join(clear)})." if clear else "."))
+        claims = "; ".join(f"by {names[key]} {fmt(ours.get(key, math.nan))} ({text})" for key, text, _ in judged)
+        lines.append(f"Localization, {len(judged)} scores weighed, {display_name(SENSITIVE)}: {claims}. It leads "
+                     f"with an interval clear of 0 by {len(clear)} of {len(judged)} scores"
+                     + (f" ({', '.join(clear)})." if clear else "."))
         return lines
 
     def render(self, out: Path) -> List[str]:
@@ -1509,10 +1530,10 @@ class RandomizationResult(Section):
         failing = sorted(m for m, v in intervals.items() if defined(v[0]) and v[0] > self.bound)
         if not failing:
             return []
-        return [f"Model randomization: the maps of {', '.join(failing)} keep a rank correlation above {self.bound:g} "
-                "with those of a randomly initialised copy, their whole 95 % interval above it ("
-                + ", ".join(f"{m}{ci(intervals[m])}" for m in failing) + "), so they depend little on what the "
-                "model learned."]
+        return [f"Model randomization: the maps of {', '.join(map(display_name, failing))} keep a rank correlation "
+                f"above {self.bound:g} with those of a randomly initialised copy, their whole 95 % interval above it ("
+                + ", ".join(f"{display_name(m)}{ci(intervals[m])}" for m in failing) + "), so they depend little "
+                "on what the model learned."]
 
     def render(self, out: Path) -> List[str]:
         per_map = self.per_map

@@ -30,7 +30,7 @@ from .tasks import PAPER_TABLE2, TASKS
 from .verdicts import fmt, jsonable, table
 from .visualize import maps_grid_figure, save_figure_atomic
 
-__all__ = ["write_report", "findings", "REPORT_FILES"]
+__all__ = ["write_report", "findings", "primary_endpoint", "REPORT_FILES"]
 
 # Every file a report may write: its own and every section's. Names a report writes replace the old ones; names it
 # does not write this time (e.g. table2.csv without Table II) are removed, so the folder never mixes two reports.
@@ -40,15 +40,21 @@ REPORT_FILES = _OWN_FILES + report_files()
 
 
 def findings(study: StudyResults, seed_table: Optional[dict] = None) -> List[str]:
-    """Plain statements, each derived from the numbers: what holds of the paper's claims and what does not."""
-    lines = [line for section in study.sections for line in section.primary_lines()]
-    lines += [line for section in study.sections for line in section.findings(study.sections)]
+    """Plain statements, each derived from the numbers: what holds of the paper's claims and what does not (the
+    primary endpoint's answer first; its question is :func:`primary_endpoint`)."""
+    lines = [line for section in study.sections for line in section.findings(study.sections)]
     if seed_table:
         n = seed_table["precision"]["n"]
         lines.append(f"Table II over {n} training seed{'s' if n != 1 else ''}: precision "
                      f"{fmt(seed_table['precision']['mean'])} +- {fmt(seed_table['precision']['std'])}, recall "
                      f"{fmt(seed_table['recall']['mean'])} +- {fmt(seed_table['recall']['std'])}.")
     return lines
+
+
+def primary_endpoint(study: StudyResults) -> List[str]:
+    """The declared primary endpoint, how it was declared, and its answer: the report states it before any
+    number."""
+    return [line for section in study.sections for line in section.primary_lines()]
 
 
 def _overlay_figure(examples: Sequence[dict], out: Path) -> Optional[str]:
@@ -69,7 +75,7 @@ def _header(study: StudyResults, context: Mapping[str, object]) -> List[str]:
     parts = ["# iFIM evaluation report", ""]
     if context:
         parts += ["Run: " + ", ".join(f"{k} = `{v}`" for k, v in context.items()), ""]
-    primary = [line for section in study.sections for line in section.primary_lines()]
+    primary = primary_endpoint(study)
     if primary:
         parts += ["## Primary endpoint", ""] + primary + [""]
     parts += [f"{study.n_images} test images, {study.num_classes} classes, iFIM rho = {study.rho}. Every number below "
@@ -173,7 +179,8 @@ def write_report(report_dir: os.PathLike, study: StudyResults, examples: Sequenc
             write_csv(tmp / "table2.csv", ["seed", "checkpoint", *TABLE2_SCORES],
                       [[r["seed"], r["checkpoint"], *(r[k] for k in TABLE2_SCORES)] for r in seed_table["seeds"]])
         results = {"study": study.to_dict(), "test_metrics": test_metrics, "table2": seed_table,
-                   "findings": findings(study, seed_table), "context": {k: str(v) for k, v in (context or {}).items()}}
+                   "primary_endpoint": primary_endpoint(study), "findings": findings(study, seed_table),
+                   "context": {k: str(v) for k, v in (context or {}).items()}}
         with atomic_write(tmp / "results.json") as path:
             path.write_text(json.dumps(jsonable(results), indent=2))
         csvs = sorted(p.name for p in tmp.iterdir() if p.suffix == ".csv")

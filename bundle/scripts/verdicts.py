@@ -12,8 +12,10 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from .attribution import display_name
+
 __all__ = ["TIE", "fmt", "table", "jsonable", "leaders", "best", "runner_up", "verdict", "interval_status", "paired",
-           "ci", "judge", "defined", "outcome"]
+           "ci", "judge", "brief", "defined", "outcome"]
 
 TIE = 1e-3  # results closer than this count as equal (e.g. S and the vanilla gradient, the same ranking for C = 2)
 
@@ -101,15 +103,17 @@ def outcome(scores: Mapping[str, float], ours: str, highest: bool) -> str:
 
 
 def verdict(scores: Mapping[str, float], ours: str, highest: bool) -> str:
-    """The :func:`outcome` in words: 'holds', 'holds only as a tie with ...', 'does not hold: <leader> is higher
-    (<value>)' or 'cannot be judged: ...'."""
+    """The :func:`outcome` in words, methods by their display names: 'holds', 'holds only as a tie with ...',
+    'does not hold: <leader> is higher (<value>)' or 'cannot be judged: ...'."""
     kind, ahead = outcome(scores, ours, highest), leaders(scores, highest)
     if kind == "cannot be judged":
-        return f"cannot be judged: {ours}'s score is undefined (n/a)"
+        return f"cannot be judged: {display_name(ours)}'s score is undefined (n/a)"
     if kind == "does not hold":
-        return f"does not hold: {ahead[0]} is {'higher' if highest else 'lower'} ({fmt(scores[ahead[0]])})"
+        return (f"does not hold: {display_name(ahead[0])} is {'higher' if highest else 'lower'} "
+                f"({fmt(scores[ahead[0]])})")
     tied = [m for m in ahead if m != ours]
-    return "holds" if not tied else f"holds only as a tie with {', '.join(tied)} ({fmt(scores[tied[0]])})"
+    return "holds" if not tied else \
+        f"holds only as a tie with {', '.join(map(display_name, tied))} ({fmt(scores[tied[0]])})"
 
 
 def interval_status(differences: Mapping[str, Sequence[float]], other: Optional[str], sign: float) -> Optional[str]:
@@ -138,7 +142,7 @@ def paired(claim: str, differences: Mapping[str, Sequence[float]], ours: str, ot
     if status is None:
         return claim
     low, high = differences[other]
-    text = f"{ours} minus {other}: [{fmt(low)}, {fmt(high)}]"
+    text = f"{display_name(ours)} minus {display_name(other)}: [{fmt(low)}, {fmt(high)}]"
     return {"tie": f"{claim}; the 95 % interval of the difference stays within +-{TIE:g} ({text})",
             "clear": f"{claim}, and the 95 % interval of the difference stays clear of 0 ({text})",
             "other way": f"{claim}; the 95 % interval of the difference is clear of 0 the other way ({text})",
@@ -156,3 +160,27 @@ def judge(scores: Mapping[str, float], ours: str, differences: Mapping[str, Sequ
     sign = 1.0 if highest else -1.0
     text = paired(verdict(scores, ours, highest), differences, ours, other, sign)
     return text, alone and interval_status(differences, other, sign) == "clear"
+
+
+def brief(scores: Mapping[str, float], ours: str, differences: Mapping[str, Sequence[float]], highest: bool) -> str:
+    """The claim "``ours`` scores highest (lowest)" in a few words, for lists of verdicts: ``the highest, clear of 0
+    against X`` / ``tied with X (v)`` / ``X is higher (v), clear of 0`` (what the paired interval against the best
+    other method says), ``n/a`` when ours is undefined."""
+    kind, ahead = outcome(scores, ours, highest), leaders(scores, highest)
+    if kind == "cannot be judged":
+        return "n/a"
+    sign = 1.0 if highest else -1.0
+    if kind == "tie":
+        tied = [m for m in ahead if m != ours]
+        return f"tied with {', '.join(map(display_name, tied))} ({fmt(scores[tied[0]])})"
+    if kind == "holds":
+        other = runner_up(scores, ours, highest)
+        status = interval_status(differences, other, sign)
+        head = "the highest" if highest else "the lowest"
+        return head + {"clear": f", clear of 0 against {display_name(other)}",
+                       "includes 0": f", not resolved against {display_name(other)}",
+                       "tie": f", within +-{TIE:g} of {display_name(other)}"}.get(status, "")
+    status = interval_status(differences, ahead[0], sign)
+    return (f"{display_name(ahead[0])} is {'higher' if highest else 'lower'} ({fmt(scores[ahead[0]])})"
+            + {"other way": ", clear of 0", "includes 0": ", not resolved",
+               "tie": f", within +-{TIE:g}"}.get(status, ""))
