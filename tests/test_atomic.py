@@ -42,7 +42,8 @@ def test_files_and_folders_get_the_users_umask(tmp_path, umask_022):
 
 def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
     """A writer killed between creating its temporary and renaming it (kill -9) leaves `.<name>-<pid>-*`; the next
-    write of the same name removes it, but never a live writer's."""
+    process's first write into the folder removes it (whatever it writes), but never a live writer's, nor a user's
+    file that only looks alike."""
     target = tmp_path / "x_ifim.png"
     code = ("import sys, time; sys.path.insert(0, 'bundle'); from scripts.atomic import atomic_write\n"
             f"with atomic_write({str(target)!r}) as tmp:\n    tmp.write_bytes(b'half'); print(tmp, flush=True); "
@@ -55,9 +56,12 @@ def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait()
     assert leftover.exists()  # the kill left it behind
-    with atomic_write(target) as tmp:
+    lookalike = tmp_path / f".x_ifim.png-{writer.pid}-notes.txt"  # not a temporary of x_ifim.png
+    lookalike.write_text("mine")
+    with atomic_write(tmp_path / "other.csv") as tmp:
         tmp.write_bytes(b"whole")
-    assert not leftover.exists() and live.exists() and target.read_bytes() == b"whole"
+    assert not leftover.exists() and live.exists() and lookalike.exists()
+    assert (tmp_path / "other.csv").read_bytes() == b"whole"
     remove_stale_temporaries(tmp_path, ".x_ifim.png")
     assert live.exists()
 

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Events
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
 from monai.transforms import Compose, FlattenSubKeysd
@@ -132,3 +133,23 @@ def test_importing_the_engine_loads_no_engines_or_captum():
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_the_progress_bar_counts_every_input_skipped_or_not(tmp_path):
+    """With 7 inputs of which the 2nd and the last two cannot be read, the bar ends at 7 / 7 with 3 skipped, and
+    after the first batch it already counts the skipped input before it."""
+    from scripts.handlers import InputProgressBar
+
+    net = ShallowCNN(2, 1, 2, channels=(4, 8, 8))
+    data = [{"image": torch.rand(1, 16, 12), "name": f"img{i}"} for i in range(7)]
+    for i in (1, 5, 6):
+        data[i]["image"] = "not an image"  # the chain below fails on it
+    chain = Compose([AsOwnGridd("image")])
+    progress, seen = InputProgressBar(), []
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), network=net,
+                                    val_data_loader=DataLoader(SkippingDataset(data, chain), batch_size=2))
+    progress.attach(evaluator)
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append((progress.done, progress.skipped)))
+    evaluator.run()
+    assert seen[0] == (3, 1)  # img0, img2 analysed; img1 skipped on the way
+    assert (progress.total, progress.done, progress.skipped) == (7, 7, 3)

@@ -8,7 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose, LoadImage, Resized
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd, LoadImage, Resized
 from PIL import Image
 
 from fake_datasets import write_dicom, write_gray, write_nifti
@@ -172,6 +173,25 @@ def test_maps_land_on_the_source_grid(tmp_path, fmt, task_chain):
         default = LoadImage(image_only=True)(str(path))
         assert written.shape == tuple(default.shape)
         np.testing.assert_allclose(written.affine, np.asarray(default.meta["affine"]), atol=1e-6)
+
+
+@pytest.mark.parametrize("task_chain", ["image", "mri"])
+def test_maps_of_one_source_inverted_together_equal_monai_inverting_each(tmp_path, task_chain):
+    """Two maps of a DICOM, undone as the channels of one tensor, equal MONAI's own Invertd run on each alone."""
+    path = write_dicom(tmp_path / "scan.dcm", _picture().astype(np.uint16))
+    chain = (image_transforms(size=24, track_meta=True) if task_chain == "image"
+             else mri_transforms(size=24, augment=False, signal=False, track_meta=True))
+    item = chain({"image": str(path), "name": "scan"})
+    rng = np.random.default_rng(0)
+    maps = {key: torch.from_numpy(rng.normal(size=tuple(item["image"].shape)).astype(np.float32))
+            for key in ("x_sens", "x_comp")}
+    together = InvertToSourced(list(maps), transform=chain)({**item, **maps})
+    for key, values in maps.items():
+        alone = Invertd(key, transform=chain, orig_keys="image", nearest_interp=False)(
+            {**item, key: MetaTensor(values.clone())})
+        assert together[key].shape == alone[key].shape
+        torch.testing.assert_close(together[key].as_tensor(), alone[key].as_tensor())
+        np.testing.assert_allclose(np.asarray(together[key].meta["affine"]), np.asarray(alone[key].meta["affine"]))
 
 
 def test_an_image_made_in_memory_is_its_own_grid(tmp_path):

@@ -11,11 +11,12 @@ import csv
 import glob
 import io
 import os
+import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence, Set
 
 import nibabel as nib
 import numpy as np
@@ -56,14 +57,36 @@ def remove_stale_temporaries(folder: os.PathLike, prefix: str) -> None:
                 shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
 
 
+# mkstemp's names: ".<target>-<pid>-<8 random characters><target's suffixes>"
+_WRITE_TEMPORARY = re.compile(r"^\.(?P<target>.+)-(?P<pid>\d+)-[a-z0-9_]{8}(?P<suffixes>.*)$")
+_SCANNED_FOLDERS: Set[str] = set()
+
+
+def _remove_stale_writes_once(folder: Path) -> None:
+    """Remove the temporaries of :func:`atomic_write` in ``folder`` whose writer died (:func:`_alive`), on this
+    process's first write there: one listing per folder, not one per file written (a run writing thousands of maps
+    into one folder would otherwise list it once per map)."""
+    key = os.path.realpath(folder)
+    if key in _SCANNED_FOLDERS:
+        return
+    for entry in os.scandir(folder):
+        match = _WRITE_TEMPORARY.match(entry.name)
+        if (match and match["suffixes"] == "".join(Path(match["target"]).suffixes)
+                and not _alive(int(match["pid"]))):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+    _SCANNED_FOLDERS.add(key)
+
+
 @contextlib.contextmanager
 def atomic_write(path: os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffixes, so writers pick the right format); on success it is
     renamed onto ``path`` in one step, with the permissions the user's umask gives new files; on failure it is
-    removed and ``path`` is untouched. Temporaries of ``path`` that a killed writer left behind are removed first."""
+    removed and ``path`` is untouched. Temporaries that a killed writer left behind in the folder are removed by
+    this process's first write there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent, f".{path.name}")
+    _remove_stale_writes_once(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(f".{path.name}"), suffix="".join(path.suffixes))
     os.close(fd)
     try:

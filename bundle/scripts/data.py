@@ -444,7 +444,9 @@ class SkippingDataset(IterableDataset):
     transform fails (unreadable file, a volume for a 2D model, NaN pixels) is skipped with a warning that names it,
     instead of ending the run. :meth:`failure` tells why an entry fails, so a caller can list the skipped ones.
 
-    It has no length (skips are found on the way): an ignite engine learns the epoch's length at its end.
+    It has no length (skips are found on the way): an ignite engine learns the epoch's length at its end. Each
+    item carries ``entry_index``, its position in ``data``, so a progress display counts the skipped entries before
+    it too (:class:`scripts.handlers.InputProgressBar`).
     """
 
     def __init__(self, data: Sequence[dict], transform=None, name_key: str = "name"):
@@ -473,7 +475,7 @@ class SkippingDataset(IterableDataset):
             except Exception as err:
                 logger.warning("skipped %s: %s", entry.get(self.name_key, entry.get("image")), _reason(err))
                 continue
-            yield item
+            yield {**item, "entry_index": i} if isinstance(item, dict) else item
 
 
 def _reason(err: BaseException) -> str:

@@ -5,6 +5,7 @@
 * :class:`IFIMCSVSaver`: the table of an iFIM inference run (``scripts.inferers.IFIMInferer``): one ``ifim.csv`` row
   per input, appended as each batch finishes; at the end ``skipped.csv`` (inputs that could not be read, and why)
   and ``run.json`` (what ran, counts, time).
+* :class:`InputProgressBar`: a bar of inputs done out of all (``n / N``, skipped ones counted), with the time left.
 * :class:`IFIMHandler`: each batch's decomposition on ``engine.state.ifim``, for evaluators whose inferer must
   return plain logits (validation with metrics).
 * :class:`AttributionStudyHandler`: the paper's comparison of iFIM with every baseline map and the controls
@@ -29,6 +30,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import distributed
 from .atomic import append_csv_rows, atomic_write, write_csv
@@ -37,8 +39,8 @@ from .ifim import DEFAULT_RHO, ifim_decompose
 from .report import write_report
 from .study import AttributionStudy
 
-__all__ = ["IFIMCSVSaver", "IFIMHandler", "AttributionStudyHandler", "CheckedCheckpointLoader",
-           "StampedCheckpointSaver", "batch_images"]
+__all__ = ["IFIMCSVSaver", "InputProgressBar", "IFIMHandler", "AttributionStudyHandler",
+           "CheckedCheckpointLoader", "StampedCheckpointSaver", "batch_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +197,55 @@ class IFIMCSVSaver:
                    distributed.world_size(), "seconds": round(time.time() - self.started, 3)}
         with atomic_write(self.output_dir / "run.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2, default=str))
+
+
+class InputProgressBar:
+    """A tqdm bar of the inputs of a ``SkippingDataset`` run: ``n / N`` with N the entries of the dataset (this
+    process's share under DDP), n the entries handled so far, analysed or skipped (read from each item's
+    ``entry_index``), the time left and the skips so far. Only the main process draws it; ``done`` and
+    ``skipped`` hold the counts.
+
+    Args:
+        desc: the bar's label.
+    """
+
+    def __init__(self, desc: str = "inputs"):
+        self.desc = desc
+        self.bar: Optional[tqdm] = None
+        self.total = self.done = self.analysed = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.done - self.analysed
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self._close)
+
+    def _start(self, engine: Engine) -> None:
+        dataset = getattr(getattr(engine, "data_loader", None), "dataset", None)
+        self.total, self.done, self.analysed = len(getattr(dataset, "data", ())), 0, 0
+        self.bar = tqdm(total=self.total or None, desc=self.desc, unit="input", disable=not distributed.is_main(),
+                        dynamic_ncols=True)
+
+    def _advance(self, done: int) -> None:
+        self.done = max(self.done, done)
+        if self.bar is not None:
+            self.bar.update(self.done - self.bar.n)
+            self.bar.set_postfix(skipped=self.skipped, refresh=False)
+
+    def __call__(self, engine: Engine) -> None:
+        items = _batch_items(engine)
+        self.analysed += len(items)
+        positions = [int(_values(item["entry_index"])[0]) + 1 for item in items if "entry_index" in item]
+        self._advance(max(positions, default=self.analysed))
+
+    def _close(self, engine: Engine) -> None:
+        self._advance(self.total)  # skips after the last analysed input
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class IFIMHandler:

@@ -329,11 +329,30 @@ class InvertToSourced(Invertd):
     and the invertible steps of ``transform`` are undone, so a ``(C, *model grid)`` map lands on the grid the
     reader gave the source. An image with no recorded operations (made in memory, :class:`AsOwnGridd`) is its own
     grid: its maps only take its meta. ``nearest_interp`` defaults to False: maps are resampled with the mode the
-    preprocessing used."""
+    preprocessing used. Several keys of one source are undone together, as the channels of one tensor (each step
+    acts on channels alike): one pass through the inverse chain instead of one per map."""
+
+    _JOINT = "_maps_of_one_source"
 
     def __init__(self, keys: KeysCollection, transform, orig_keys: KeysCollection = "image",
                  nearest_interp: bool = False, **kwargs):
         super().__init__(keys, transform, orig_keys=orig_keys, nearest_interp=nearest_interp, **kwargs)
+        sources = set(self.orig_keys)
+        self.joint = None
+        if len(self.keys) > 1 and len(sources) == 1:
+            self.joint = Invertd(self._JOINT, transform, orig_keys=next(iter(sources)), nearest_interp=nearest_interp,
+                                 **kwargs)
+
+    def _invert_together(self, d: Dict[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        keys = [key for key in self.keys if key in d]
+        channels = [d[key].shape[0] for key in keys]
+        d[self._JOINT] = MetaTensor(torch.cat([d[key].as_tensor() for key in keys]), meta=dict(d[keys[0]].meta),
+                                    applied_operations=list(d[keys[0]].applied_operations))
+        d = self.joint(d)
+        joint = d.pop(self._JOINT)
+        for key, part in zip(keys, torch.split(joint, channels)):
+            d[key] = MetaTensor(part.as_tensor(), meta=dict(joint.meta))
+        return d
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -347,7 +366,7 @@ class InvertToSourced(Invertd):
             if not source.applied_operations:
                 d[key] = MetaTensor(d[key].as_tensor(), meta=dict(source.meta))
         if any(isinstance(d.get(o), MetaTensor) and d[o].applied_operations for o in self.orig_keys):
-            d = super().__call__(d)
+            d = self._invert_together(d) if self.joint is not None else super().__call__(d)
         return d
 
 
@@ -380,7 +399,8 @@ class SaveOnSourceGridd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             meta = getattr(d[key], "meta", {})
-            array = torch.as_tensor(d[key]).detach().cpu().numpy().astype(self.dtype)
+            values = d[key].as_tensor() if isinstance(d[key], MetaTensor) else torch.as_tensor(d[key])
+            array = values.detach().cpu().numpy().astype(self.dtype)
             shape = decode_shape(meta["source_shape"]) if "source_shape" in meta else array.shape[1:]
             if array.shape[0] == 1 and array[0].size == int(np.prod(shape)):
                 array = array.reshape(shape)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Dict, Hashable, Mapping, Optional, Sequence, Tuple
@@ -17,11 +18,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 from monai.transforms import Transform  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from .atomic import atomic_write  # noqa: E402
 
-__all__ = ["contrast_adjust", "jet_overlay", "decomposition_figure", "sample_grid_figure", "maps_grid_figure",
-           "grouped_bar_figure", "line_panels_figure", "save_figure_atomic", "SaveDecompositionFigured"]
+__all__ = ["contrast_adjust", "jet_overlay", "decomposition_panels", "sample_grid_figure",
+           "maps_grid_figure", "grouped_bar_figure", "line_panels_figure", "save_figure_atomic", "save_rgb_atomic",
+           "save_decomposition_png",            "SaveDecompositionFigured"]
 
 Box = Tuple[Sequence[float], float]  # (centre (row, col), half width) of a known signal
 
@@ -35,15 +38,22 @@ def contrast_adjust(values: np.ndarray, low: float = 1.0, high: float = 99.0) ->
     return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
 
 
-def jet_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+def grey_background(image: np.ndarray) -> np.ndarray:
+    """RGB ``(H, W, 3)`` float in [0, 1]: ``image`` scaled between its 0.5 and 99.5 percentiles, in grey."""
+    return contrast_adjust(image, 0.5, 99.5)[..., None].repeat(3, axis=-1)
+
+
+def jet_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5,
+                background: Optional[np.ndarray] = None) -> np.ndarray:
     """RGB ``(H, W, 3)`` float in [0, 1]: the contrast-adjusted ``heat`` in jet, blended over the grey ``image``.
 
     Args:
         image: ``(H, W)`` background.
         heat: ``(H, W)`` map, e.g. ``|x_sens|`` summed over channels.
         alpha: weight of the map.
+        background: ``grey_background(image)`` when the caller has it already (several maps over one image).
     """
-    grey = contrast_adjust(image, 0.5, 99.5)[..., None].repeat(3, axis=-1)
+    grey = grey_background(image) if background is None else background
     colored = colormaps["jet"](contrast_adjust(heat))[..., :3]
     return (1 - alpha) * grey + alpha * colored
 
@@ -58,24 +68,68 @@ def save_figure_atomic(fig: plt.Figure, path: os.PathLike, dpi: int = 100) -> Pa
     return Path(path)
 
 
-def decomposition_figure(image: np.ndarray, x_sens: np.ndarray, x_comp: np.ndarray, title: str = "",
-                         box: Optional[Box] = None) -> plt.Figure:
-    """Image | |x_sens| | |x_comp| side by side, the maps in contrast-adjusted jet over the image (Fig. 1).
+PANEL_LABELS = ("image", "sensitive |x_sens|", "complement |x_comp|")
+_GUTTER, _TITLE_HEIGHT, _LABEL_HEIGHT, _BAR_HEIGHT = 6, 18, 16, 10
+
+
+@functools.lru_cache(maxsize=1)
+def _font() -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=11)  # Pillow's own font (FreeType builds)
+    except (TypeError, OSError):
+        return ImageFont.load_default()  # the bitmap font of builds without FreeType
+
+
+def _to_uint8(rgb: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(255.0 * rgb), 0, 255).astype(np.uint8)
+
+
+def decomposition_panels(image: np.ndarray, x_sens: np.ndarray, x_comp: np.ndarray, title: str = "",
+                         panel_size: int = 192) -> np.ndarray:
+    """Image | |x_sens| | |x_comp| side by side (Fig. 1) as an ``(H, W, 3)`` uint8 RGB array, composited without
+    matplotlib's figure machinery (per-image figures of a large run: the layout of axes and text costs far more than
+    the pixels): a title row; image | |x_sens| | |x_comp| (each :func:`jet_overlay`, channels already summed), each
+    enlarged by pixel repetition to about ``panel_size`` and labelled; under the maps, the jet colour bar from the
+    low to the high end of their contrast-adjusted range.
 
     Args:
-        image, x_sens, x_comp: ``(H, W)`` arrays (channels already summed for the maps).
-        title: figure title.
-        box: optional ``(center (row, col), half_width)`` of a known signal, drawn in red on every panel.
+        image, x_sens, x_comp: ``(H, W)`` arrays.
+        title: the title row's text.
+        panel_size: the longer side of a panel in pixels, at least the map's own.
     """
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
-    panels = [(contrast_adjust(image, 0.5, 99.5), "image", "gray"),
-              (jet_overlay(image, np.abs(x_sens)), "sensitive |x_sens|", None),
-              (jet_overlay(image, np.abs(x_comp)), "complement |x_comp|", None)]
-    for ax, (data, label, cmap) in zip(axes, panels):
-        _show(ax, data, label, cmap, box)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return fig
+    height, width = image.shape
+    scale = max(1, panel_size // max(height, width))
+    grey = grey_background(image)
+    panels = [grey] + [jet_overlay(image, np.abs(m), background=grey) for m in (x_sens, x_comp)]
+    panels = [_to_uint8(panel).repeat(scale, axis=0).repeat(scale, axis=1) for panel in panels]
+    ph, pw = panels[0].shape[:2]
+    top = _TITLE_HEIGHT + _LABEL_HEIGHT
+    canvas = np.full((top + ph + 2 * _GUTTER + _BAR_HEIGHT + 4, 3 * pw + 4 * _GUTTER, 3), 255, dtype=np.uint8)
+    for i, panel in enumerate(panels):
+        left = _GUTTER + i * (pw + _GUTTER)
+        canvas[top:top + ph, left:left + pw] = panel
+    bar = _to_uint8(colormaps["jet"](np.linspace(0.0, 1.0, 2 * pw + _GUTTER))[:, :3])
+    canvas[top + ph + _GUTTER:top + ph + _GUTTER + _BAR_HEIGHT, 2 * _GUTTER + pw:2 * _GUTTER + pw + len(bar)] = bar
+    picture = Image.fromarray(canvas)
+    draw, font = ImageDraw.Draw(picture), _font()
+    draw.text((_GUTTER, 3), title, fill=(0, 0, 0), font=font)
+    for i, label in enumerate(PANEL_LABELS):
+        draw.text((_GUTTER + i * (pw + _GUTTER), _TITLE_HEIGHT + 2), label, fill=(0, 0, 0), font=font)
+    draw.text((_GUTTER, top + ph + _GUTTER - 2), "maps: 1st to 99th percentile", fill=(0, 0, 0), font=font)
+    return np.asarray(picture)
+
+
+def save_rgb_atomic(rgb: np.ndarray, path: os.PathLike) -> Path:
+    """Save an ``(H, W, 3)`` uint8 array as PNG at ``path`` atomically (no half-written file remains)."""
+    with atomic_write(path) as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)  # fast; these are small files
+    return Path(path)
+
+
+def save_decomposition_png(path: os.PathLike, image: np.ndarray, x_sens: np.ndarray, x_comp: np.ndarray,
+                           title: str = "") -> Path:
+    """:func:`decomposition_panels` written to ``path`` (:func:`save_rgb_atomic`)."""
+    return save_rgb_atomic(decomposition_panels(image, x_sens, x_comp, title=title), path)
 
 
 def _show(ax: plt.Axes, data: np.ndarray, title: str, cmap: Optional[str], box: Optional[Box]) -> None:
@@ -163,9 +217,9 @@ def grouped_bar_figure(values: Mapping[str, Sequence[float]], groups: Sequence[s
 
 class SaveDecompositionFigured(Transform):
     """Postprocessing step of iFIM inference: ``<output_dir>/<name>_ifim.png``, the model's input and its
-    |x_sens| and |x_comp| (channels summed) in contrast-adjusted jet, titled with the predicted class, its
-    probability, the rank and k. Run it before the maps are put back on the source's grid: it shows what the model
-    saw. 3D inputs show their middle slice along the last axis.
+    |x_sens| and |x_comp| (channels summed) in contrast-adjusted jet (:func:`decomposition_panels`), titled with the
+    predicted class, its probability, the rank and k. Run it before the maps are put back on the source's grid: it
+    shows what the model saw. 3D inputs show their middle slice along the last axis.
 
     Args:
         output_dir: root of the figures; ``name`` may hold sub-folders.
@@ -195,7 +249,7 @@ class SaveDecompositionFigured(Transform):
         name = str(data[self.name_key])
         title = (f"{name}: {label} (p = {float(probs[predicted]):.3f}), rank {int(data[self.rank_key])}, "
                  f"k {int(data[self.k_key])}")
-        save_figure_atomic(decomposition_figure(*(plane.numpy() for plane in planes), title=title), self.path(name))
+        save_decomposition_png(self.path(name), *(plane.numpy() for plane in planes), title=title)
         return dict(data)
 
 
