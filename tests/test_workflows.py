@@ -51,6 +51,35 @@ def test_train_writes_the_best_checkpoint_and_tensorboard_logs(trained):
     assert (work / "models" / "datalist.json").is_file()
 
 
+def _bundle_copy(root: Path) -> Path:
+    """configs, scripts and the shipped model of the bundle, copied: a run that writes to bundle_root/models cannot
+    touch the repository's."""
+    import shutil
+
+    copy = root / "bundle"
+    for part in ("configs", "scripts", "models"):
+        shutil.copytree(BUNDLE / part, copy / part, ignore=shutil.ignore_patterns("__pycache__", "runs"))
+    return copy
+
+
+def test_training_never_replaces_the_default_model_unless_asked(tmp_path):
+    """A finished training run writes its best checkpoint into a run folder of its own and leaves models/model.pt
+    as it was; only --install_model true copies the run's checkpoint and stamp over it."""
+    copy = _bundle_copy(tmp_path)
+    shipped = (copy / "models" / "model.pt").read_bytes()
+    args = ["run", "--config_file", copy / "configs" / "train.yaml", "--bundle_root", copy, "--counts", "[32, 8, 8]",
+            "--max_epochs", 1, "--cache_dir", tmp_path / "cache", "--log_dir", tmp_path / "logs"]
+    bundle_cmd(*args)
+    assert (copy / "models" / "model.pt").read_bytes() == shipped
+    (run,) = (copy / "models" / "runs").iterdir()
+    assert run.name.startswith("train-") and (run / "model.pt").is_file() and (run / "model.json").is_file()
+    bundle_cmd(*args, "--install_model", "true")
+    runs = sorted((copy / "models" / "runs").iterdir())
+    assert len(runs) == 2 and runs[0] == run
+    assert (copy / "models" / "model.pt").read_bytes() == (runs[1] / "model.pt").read_bytes() != shipped
+    assert (copy / "models" / "model.json").read_text() == (runs[1] / "model.json").read_text()
+
+
 def test_evaluate_writes_the_report_with_table_ii_over_seeds(trained):
     work, cache, ckpt = trained
     args = ["run", "--config_file", EVALUATE, "--counts", "[64, 16, 16]", "--ckpt_path", ckpt,

@@ -54,9 +54,9 @@ def broadcast_object(value: Any) -> Any:
     return box[0]
 
 
-def shared_run_dir(output_dir: os.PathLike) -> Path:
+def shared_run_dir(output_dir: os.PathLike, prefix: str = "run") -> Path:
     """A new run folder (:func:`scripts.atomic.new_run_dir`) created by rank 0, the same path on every rank."""
-    return broadcast_object(new_run_dir(output_dir) if is_main() else None)
+    return broadcast_object(new_run_dir(output_dir, prefix) if is_main() else None)
 
 
 def gather_objects(value: Any) -> List[Any]:

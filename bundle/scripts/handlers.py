@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -40,7 +41,7 @@ from .report import write_report
 from .study import AttributionStudy
 
 __all__ = ["IFIMCSVSaver", "InputProgressBar", "IFIMHandler", "AttributionStudyHandler",
-           "CheckedCheckpointLoader", "StampedCheckpointSaver", "batch_images"]
+           "CheckedCheckpointLoader", "StampedCheckpointSaver", "InstallCheckpoint", "batch_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -389,6 +390,40 @@ class StampedCheckpointSaver(CheckpointSaver):
         if self.checkpoint.is_file() and not (path.is_file() and json.loads(path.read_text()) == self.stamp):
             with atomic_write(path) as tmp:
                 tmp.write_text(json.dumps(self.stamp, indent=2))
+
+
+class InstallCheckpoint:
+    """At the end of a finished training run, and only when ``enabled``, copy its best checkpoint and the stamp beside
+    it (``model.pt``, ``model.json``) into ``target_dir``, each file atomically: the model that inference and
+    evaluation load by default is replaced only when the user asks for it. A run that is killed or fails never gets
+    here, so its checkpoint stays in its own run folder. Attach it to the trainer, on the main process only.
+
+    Args:
+        run_dir: the run's folder, where the checkpoint saver wrote ``name``.
+        target_dir: the folder of the default model (``bundle/models``).
+        enabled: copy (True) or only say where the checkpoint is (False).
+        name: the checkpoint's file name.
+    """
+
+    def __init__(self, run_dir: os.PathLike, target_dir: os.PathLike, enabled: bool = False, name: str = "model.pt"):
+        self.source, self.target_dir, self.enabled = Path(run_dir) / name, Path(target_dir), bool(enabled)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not self.source.is_file():
+            raise FileNotFoundError(f"training finished without a checkpoint in {self.source.parent}: no validation "
+                                    "epoch improved on the first (see the logs); nothing was installed.")
+        if not self.enabled:
+            logger.info("best checkpoint: %s; %s is unchanged (install_model true replaces it)", self.source,
+                        self.target_dir / self.source.name)
+            return
+        for source in (self.source, model_stamp_path(self.source)):
+            if source.is_file():
+                with atomic_write(self.target_dir / source.name) as tmp:
+                    shutil.copyfile(source, tmp)
+        logger.info("installed %s as %s", self.source, self.target_dir / self.source.name)
 
 
 class CheckedCheckpointLoader(CheckpointLoader):
