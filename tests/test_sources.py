@@ -225,3 +225,17 @@ def test_a_header_claiming_a_huge_image_is_refused_before_loading(tmp_path):
     small = write_gray(tmp_path / "small.png", _picture())  # 30 x 44
     with pytest.raises(ValueError, match="claims 1320 voxels, more than max_voxels=1000"):
         LoadImageCheckedd("image", max_voxels=1000)({"image": str(small)})
+
+
+@pytest.mark.timeout(60)
+def test_links_back_to_a_parent_folder_do_not_loop(tmp_path):
+    """Two links to the parent under the folder (a loop the walk could follow forever, in two ways at each level)
+    and a link to a file already listed: each file is found once, by its first path."""
+    root = tmp_path / "scans"
+    write_gray(root / "a.png", _picture())
+    write_gray(root / "sub" / "b.png", _picture())
+    for name in ("loopA", "loopB"):
+        (root / "sub" / name).symlink_to("..", target_is_directory=True)
+    (root / "sub" / "again.png").symlink_to(root / "a.png")
+    entries = folder_datalist(root)
+    assert [e["name"] for e in entries] == ["a.png", "sub/b.png"]

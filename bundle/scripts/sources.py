@@ -78,7 +78,8 @@ def is_dicom_file(path: os.PathLike) -> bool:
 def find_image_files(root: os.PathLike, exclude: Iterable[os.PathLike] = ()) -> Tuple[List[Path], int]:
     """Every image file under ``root``, recursively, sorted: NIfTI, PNG, JPEG, BMP and DICOM (by suffix, or any
     other file carrying the DICOM marker). Hidden files and folders and the ``exclude`` folders (e.g. an output
-    folder inside ``root``) are left out.
+    folder inside ``root``) are left out. Symbolic links are followed, but every folder and file is visited once
+    (by its real path): a link back to a parent folder ends the descent there instead of looping.
 
     Returns:
         the image files and the number of other files ignored.
@@ -86,12 +87,23 @@ def find_image_files(root: os.PathLike, exclude: Iterable[os.PathLike] = ()) -> 
     root = Path(root)
     excluded = {Path(p).resolve() for p in exclude}
     images, ignored = [], 0
+    seen_folders, seen_files = {os.path.realpath(root)}, set()
     for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(folder) / d).resolve() not in excluded)
+        kept = []
+        for d in sorted(dirs):
+            real = os.path.realpath(Path(folder) / d)
+            if not d.startswith(".") and Path(real) not in excluded and real not in seen_folders:
+                seen_folders.add(real)
+                kept.append(d)
+        dirs[:] = kept
         for name in sorted(files):
             path = Path(folder) / name
             if name.startswith(".") or not path.is_file():
                 continue
+            real = os.path.realpath(path)
+            if real in seen_files:
+                continue
+            seen_files.add(real)
             if _has_suffix(name, IMAGE_SUFFIXES) or is_dicom_file(path):
                 images.append(path)
             else:
