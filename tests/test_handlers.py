@@ -50,3 +50,10 @@ def test_handler_needs_a_model():
     IFIMHandler().attach(engine)
     with pytest.raises(ValueError, match="no model"):
         engine.run([{"image": torch.zeros(1, 1, 8, 8), "label": torch.zeros(1)}])
+
+
+def test_durations_read_as_a_person_says_them():
+    from scripts.handlers import _duration
+
+    expected = ["0 s", "42 s", "3 min 05 s", "1 h 00 min", "1 h 02 min"]
+    assert [_duration(s) for s in (0.4, 42, 185, 3599.6, 3720)] == expected

@@ -46,6 +46,16 @@ __all__ = ["IFIMCSVSaver", "InputProgressBar", "IFIMHandler", "AttributionStudyH
 logger = logging.getLogger(__name__)
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s`` or ``1 h 02 min``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 def _batch_items(engine: Engine) -> List[dict]:
     """The engine's current batch as one dict per input, whether MONAI decollated it (a list) or not (a dict)."""
     batch = engine.state.batch
@@ -347,8 +357,10 @@ class AttributionStudyHandler:
         self.study.update(model, images.to(device), labels, centers, sigmas, units, amplitudes)
         total = self.study.max_images or len(getattr(getattr(engine, "data_loader", None), "dataset", []) or [])
         slowest = max(self.study.seconds.items(), key=lambda item: item[1], default=("", 0.0))
-        logger.info("study: %d%s images, %.0f s so far (most in %r: %.0f s)", self.study.n_images,
-                    f" of {total}" if total else "", sum(self.study.seconds.values()), *slowest)
+        spent, done = sum(self.study.seconds.values()), self.study.n_images
+        left = f", about {_duration(spent / done * (total - done))} left" if total and done and total > done else ""
+        logger.info("study: %d%s images, %s so far%s (most in %r: %.0f s)", done, f" of {total}" if total else "",
+                    _duration(spent), left, *slowest)
 
     def _finish(self, engine: Engine) -> None:
         if distributed.world_size() > 1:  # every rank merges the same studies in rank order: the same results
