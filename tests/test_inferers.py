@@ -71,10 +71,12 @@ class _FailsOnMarkedImage(nn.Module):
         return self.net(x)
 
 
-def _pipeline(network, images, out: Path, batch_size=2):
+def _pipeline(network, images, out: Path, batch_size=2, names=None):
     """configs/inference.yaml's pipeline on in-memory images (each its own grid)."""
     preprocessing = Compose([AsOwnGridd("image")])
-    data = [{"image": image, "image_path": f"mem{i}", "name": f"sub/img{i}"} for i, image in enumerate(images)]
+    names = names or [f"sub/img{i}" for i in range(len(images))]
+    data = [{"image": image, "image_path": f"mem{i}", "name": name}
+            for i, (image, name) in enumerate(zip(images, names))]
     postprocessing = Compose([
         FlattenSubKeysd(keys="pred"),
         SaveDecompositionFigured(output_dir=out, class_names=["absent", "present"]),
@@ -113,6 +115,25 @@ def test_pipeline_writes_maps_rows_and_figures_that_match_the_engine(tmp_path):
     assert summary["what"] == "test" and summary["analysed"] == 5 and summary["skipped"] == 0
     assert not (tmp_path / "skipped.csv").exists()
     assert not list(tmp_path.rglob(".*"))  # no temporary leftovers
+
+
+def test_inputs_with_names_too_long_for_their_outputs_are_analysed(tmp_path):
+    """DICOM-UID-style names (dots early on) and a 250-character name: every input gets its row and its three files,
+    each name within the file system's 255 bytes, two long names never share a file, nothing left behind."""
+    uid = ".".join(["1.2.840.113619.2.55.3.604688119.868.1234567890.123"] * 3) + ".dcm"
+    names = [f"sub/{uid}", f"sub/{uid[:-4]}9.dcm", "sub/" + "é" * 125 + ".png"]
+    images = [torch.rand(1, 16, 12) for _ in names]
+    _pipeline(ShallowCNN(2, 1, 2, channels=(4, 8, 8)), images, tmp_path, names=names).run()
+    rows = list(csv.DictReader((tmp_path / "ifim.csv").open()))
+    assert [r["name"] for r in rows] == names
+    written = sorted(p.name for p in (tmp_path / "sub").iterdir())
+    assert len(written) == 9 and all(len(n.encode()) <= 255 for n in written)
+    assert sum(n.endswith("_x_sens.nii.gz") for n in written) == 3
+    assert sum(n.endswith("_ifim.png") for n in written) == 3
+    shortened = [n for n in written if "~" in n]  # only the 250-character name's outputs need it
+    assert len(shortened) == 3 and len({n.split("~")[-1].split("_")[0] for n in shortened}) == 1
+    assert f"{uid}_x_sens.nii.gz" in written and f"{uid}_ifim.png" in written  # the UID names fit as they are
+    assert not list(tmp_path.rglob(".*"))
 
 
 def test_a_crash_keeps_the_rows_of_finished_batches(tmp_path):

@@ -9,6 +9,7 @@ import atexit
 import contextlib
 import csv
 import glob
+import hashlib
 import io
 import os
 import re
@@ -22,7 +23,7 @@ import nibabel as nib
 import numpy as np
 
 __all__ = ["atomic_write", "write_csv", "append_csv_rows", "save_nifti", "new_run_dir", "temporary_prefix",
-           "remove_stale_temporaries"]
+           "remove_stale_temporaries", "format_suffix", "fit_name", "NAME_MAX"]
 
 
 def _umask() -> int:
@@ -57,9 +58,37 @@ def remove_stale_temporaries(folder: os.PathLike, prefix: str) -> None:
                 shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
 
 
-# mkstemp's names: ".<target>-<pid>-<8 random characters><target's suffixes>"
-_WRITE_TEMPORARY = re.compile(r"^\.(?P<target>.+)-(?P<pid>\d+)-[a-z0-9_]{8}(?P<suffixes>.*)$")
+NAME_MAX = 255  # bytes of one path component on the common file systems (ext4, XFS, Btrfs, APFS, NTFS)
+# mkstemp's names: ".<target, cut to fit>-<pid>-<8 random characters><target's format suffix>"
+_WRITE_TEMPORARY = re.compile(r"^\.(?P<target>.+)-(?P<pid>\d+)-[a-z0-9_]{8}(?P<suffix>(\.[A-Za-z0-9]+)?(\.gz)?)$")
 _SCANNED_FOLDERS: Set[str] = set()
+
+
+def format_suffix(name: str) -> str:
+    """The extension a writer picks its format by: the last suffix, or the last two when the last is ``.gz``
+    (``.nii.gz``). Never the dots inside a name (``1.2.840.10008.dcm_x_sens.nii.gz`` gives ``.nii.gz``)."""
+    suffixes = Path(name).suffixes
+    if len(suffixes) >= 2 and suffixes[-1] == ".gz":
+        return "".join(suffixes[-2:])
+    return suffixes[-1] if suffixes else ""
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """The longest start of ``text`` whose UTF-8 encoding fits ``max_bytes``."""
+    return text.encode()[:max(0, max_bytes)].decode(errors="ignore")
+
+
+def fit_name(base: os.PathLike, tail: str) -> Path:
+    """The path ``<base><tail>`` (an output named after an input, ``tail`` e.g. ``_x_sens.nii.gz``), its last
+    component within :data:`NAME_MAX` bytes: when too long (a DICOM UID, a long description), the input name is cut
+    to its start, ``~`` and 10 hex digits of the SHA-1 of the whole input name, so the outputs of one input share one
+    recognisable name and two long names never meet. Unchanged when it fits."""
+    base = Path(base)
+    if len((base.name + tail).encode()) <= NAME_MAX:
+        return base.with_name(base.name + tail)
+    digest = hashlib.sha1(base.name.encode()).hexdigest()[:10]
+    start = _cut(base.name, NAME_MAX - len(tail.encode()) - len(digest) - 1)
+    return base.with_name(f"{start}~{digest}{tail}")
 
 
 def _remove_stale_writes_once(folder: Path) -> None:
@@ -71,8 +100,7 @@ def _remove_stale_writes_once(folder: Path) -> None:
         return
     for entry in os.scandir(folder):
         match = _WRITE_TEMPORARY.match(entry.name)
-        if (match and match["suffixes"] == "".join(Path(match["target"]).suffixes)
-                and not _alive(int(match["pid"]))):
+        if match and not _alive(int(match["pid"])):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
     _SCANNED_FOLDERS.add(key)
@@ -80,14 +108,17 @@ def _remove_stale_writes_once(folder: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_write(path: os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffixes, so writers pick the right format); on success it is
+    """Yield a temporary path beside ``path`` (same format suffix, so writers pick the right format, and a name that
+    fits the file system's limit however long ``path``'s is); on success it is
     renamed onto ``path`` in one step, with the permissions the user's umask gives new files; on failure it is
     removed and ``path`` is untouched. Temporaries that a killed writer left behind in the folder are removed by
     this process's first write there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_writes_once(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(f".{path.name}"), suffix="".join(path.suffixes))
+    suffix = format_suffix(path.name)
+    room = NAME_MAX - len(temporary_prefix(".").encode()) - 8 - len(suffix.encode())  # 8: mkstemp's random part
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(f".{_cut(path.name, room)}"), suffix=suffix)
     os.close(fd)
     try:
         yield Path(tmp)

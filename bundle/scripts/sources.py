@@ -42,7 +42,7 @@ from monai.transforms import Invertd, InvertibleTransform, LoadImaged, MapTransf
 from monai.utils import TraceKeys
 from PIL import Image
 
-from .atomic import save_nifti
+from .atomic import fit_name, save_nifti
 
 __all__ = ["IMAGE_SUFFIXES", "is_dicom_file", "is_nifti_file", "find_image_files", "image_readers", "image_format",
            "LoadImageCheckedd", "DEFAULT_MAX_VOXELS", "header_voxels", "EnsureSpatialDimsd", "RowsColumnsd",
@@ -405,7 +405,9 @@ class SaveOnSourceGridd(MapTransform):
         self.output_dir, self.name_key, self.dtype = Path(output_dir), name_key, dtype
 
     def path(self, name: str, key: str) -> Path:
-        return self.output_dir / f"{name}_{key}.nii.gz"
+        """``<output_dir>/<name>_<key>.nii.gz``, shortened when over the file system's limit
+        (:func:`scripts.atomic.fit_name`)."""
+        return fit_name(self.output_dir / name, f"_{key}.nii.gz")
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
         d = dict(data)

@@ -20,7 +20,7 @@ from matplotlib import colormaps  # noqa: E402
 from monai.transforms import Transform  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from .atomic import atomic_write  # noqa: E402
+from .atomic import atomic_write, fit_name  # noqa: E402
 
 __all__ = ["contrast_adjust", "jet_overlay", "decomposition_panels", "sample_grid_figure",
            "maps_grid_figure", "grouped_bar_figure", "line_panels_figure", "save_figure_atomic", "save_rgb_atomic",
@@ -236,7 +236,9 @@ class SaveDecompositionFigured(Transform):
         self.probs_key, self.rank_key, self.k_key, self.name_key = probs_key, rank_key, k_key, name_key
 
     def path(self, name: str) -> Path:
-        return self.output_dir / f"{name}_ifim.png"
+        """``<output_dir>/<name>_ifim.png``, shortened when over the file system's limit
+        (:func:`scripts.atomic.fit_name`)."""
+        return fit_name(self.output_dir / name, "_ifim.png")
 
     def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
         image, sens, comp = (torch.as_tensor(data[key]).detach().cpu().float() for key in self.keys)
