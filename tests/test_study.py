@@ -549,3 +549,23 @@ def test_a_new_control_is_one_class_and_one_config_entry(batch, tmp_path):
     without = plain.compute().to_dict()
     assert "mean_sensitive" not in without and without["perturbation"].keys() == study_dict["perturbation"].keys()
     assert [type(c).__name__ for c in plain.controls] == [type(c).__name__ for c in studies[0].controls[:-1]]
+
+
+def test_one_unit_gives_no_interval_and_no_claim_clear_of_zero(batch, tmp_path):
+    """Six images of one slice: every bootstrap resample is the same data, so the report says there is no interval
+    instead of printing a zero-width one "clear of 0"."""
+    model, x, y, centers, sigmas = batch
+    study = _study()
+    study.update(model, x, y, centers, sigmas, units=["slice 60"] * 6, signal_amplitude=AMPLITUDES)
+    results = study.compute()
+
+    def leaves(value):
+        if isinstance(value, dict):
+            return [leaf for v in value.values() for leaf in leaves(v)]
+        return [value] if isinstance(value, list) else []
+
+    assert leaves(results.to_dict()["intervals"]) == []  # no interval anywhere
+    text = "\n".join(findings(results))
+    assert "95 % interval" not in text and ", clear of 0" not in text and "clear of 0 by 0 of" in text
+    markdown = (write_report(tmp_path, results) / "report.md").read_text()
+    assert "one unit, no interval" in markdown

@@ -83,6 +83,10 @@ def _header(study: StudyResults, context: Mapping[str, object]) -> List[str]:
     kind = f"{study.unit_key}s" if study.unit_key else "units (each image its own)"
     low, high = study.images_per_unit
     each = f"{low}" if low == high else f"{low}-{high}"
+    if study.n_units < 2:
+        return parts + [f"The test images come from one independent unit ({kind}), {each} images: one unit, no "
+                        "interval. Every comparison below is a point estimate that says nothing about how it would "
+                        "vary with other units.", ""]
     return parts + [f"The test images come from {study.n_units} independent {kind}, {each} images each. Intervals in "
                     f"[brackets] are {100 * study.level:g} % cluster-bootstrap intervals over those units "
                     f"({study.resamples} resamples): they reflect how many independent units the numbers rest on, "

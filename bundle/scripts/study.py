@@ -230,10 +230,11 @@ class AttributionStudy:
         """The study's results, one typed section per control."""
         if not self.labels:
             raise RuntimeError("the study saw no images.")
-        totals = StudyTotals(torch.cat(self.labels), torch.cat(self.clean_probabilities), self.units,
-                             self.num_classes, unit_bootstrap_weights(self.units, self.n_bootstrap, self.seed),
-                             self.seed, self.n_bootstrap)
         unique_units, counts = np.unique(np.asarray(self.units), return_counts=True)
+        # one unit: every resample is the same data, so an interval would only look narrow, not be one
+        weights = unit_bootstrap_weights(self.units, self.n_bootstrap, self.seed) if len(unique_units) > 1 else None
+        totals = StudyTotals(torch.cat(self.labels), torch.cat(self.clean_probabilities), self.units,
+                             self.num_classes, weights, self.seed, self.n_bootstrap)
         sections = Sections(control.compute(totals) for control in self.controls)
         return StudyResults(self.n_images, self.num_classes, list(self.alphas), int(len(unique_units)),
                             [int(counts.min()), int(counts.max())], 0.95, self.n_bootstrap, self.rho, sections,
