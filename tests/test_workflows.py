@@ -308,3 +308,31 @@ def test_a_folder_without_readable_images_fails_naming_it(trained, tmp_path):
     assert run.returncode != 0 and "none of the 1 inputs could be analysed" in run.stderr
     skipped = list(csv.DictReader(next((tmp_path / "out").glob("run-*/skipped.csv")).open()))
     assert [r["name"] for r in skipped] == ["bad.png"] and str(empty / "bad.png") in skipped[0]["reason"]
+
+
+@pytest.mark.parametrize("config, counts, expected", [
+    ("bundle/configs/train.yaml", "[16, 0, 8]", "training needs entries in the validation split, and the datalist "
+                                                "has 16 training, 0 validation, 8 test"),
+    ("bundle/configs/train.yaml", "[0, 8, 8]", "training needs entries in the training split"),
+    (EVALUATE, "[16, 8, 0]", "evaluation needs entries in the test split"),
+    (EVALUATE, "[0, 0, 16]", "--shap_background_size 0"),
+])
+def test_an_empty_split_is_refused_up_front_saying_what_to_pass(trained, tmp_path, config, counts, expected):
+    """Counts that leave a needed split empty: one error line naming the split and what to pass, before any
+    training or study, and no model written."""
+    _, cache, ckpt = trained
+    run = bundle_cmd("run", "--config_file", config, "--counts", counts, "--ckpt_path", ckpt, "--cache_dir", cache,
+                     "--output_dir", tmp_path / "out", "--log_dir", tmp_path / "logs", check=False)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("ERROR ")]
+    assert run.returncode != 0 and len(errors) == 1 and expected in errors[0], run.stderr[-2000:]
+    assert "--counts" in errors[0] and not list(tmp_path.rglob("model.pt"))
+
+
+def test_an_image_size_too_small_is_refused_naming_the_key(trained, tmp_path):
+    _, cache, _ = trained
+    run = bundle_cmd("run", "--config_file", "bundle/configs/train.yaml", "--counts", "[16, 8, 8]", "--image_size", 7,
+                     "--cache_dir", cache, "--output_dir", tmp_path / "out", "--log_dir", tmp_path / "logs",
+                     check=False)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("ERROR ")]
+    assert run.returncode != 0 and len(errors) == 1, run.stderr[-2000:]
+    assert "image_size must be a whole number of pixels, at least 16; got 7" in errors[0]

@@ -50,7 +50,9 @@ def background_images(entries: Sequence[Mapping], transform: Callable, n: int = 
     if n <= 0:
         return None
     if not entries:
-        raise ValueError("no entries to draw the SHAP background from (the training split is empty).")
+        raise ValueError("no entries to draw the SHAP background from (the training split is empty): give --counts "
+                         "a training count, e.g. \"[64, 16, 16]\", or set --shap_background_size 0 for one all-zero "
+                         "baseline.")
     chosen = np.random.default_rng(seed).choice(len(entries), size=min(n, len(entries)), replace=False)
     images = [convert_to_tensor(transform(dict(entries[i]))[image_key], track_meta=False) for i in sorted(chosen)]
     return torch.stack(images).float()

@@ -13,6 +13,7 @@ folder of any images through the task's deterministic chain, or, without a folde
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,10 @@ from .sources import DEFAULT_MAX_VOXELS, AsOwnGridd
 from .transforms import image_transforms, mri_transforms
 
 __all__ = ["Task", "TASKS", "PAPER_TABLE2", "get_task", "task_unit_key", "task_num_classes", "task_class_names",
-           "task_datalist", "task_transforms", "inference_datalist", "inference_transforms"]
+           "task_datalist", "require_splits", "task_transforms", "inference_datalist", "inference_transforms",
+           "MIN_IMAGE_SIZE"]
+
+MIN_IMAGE_SIZE = 16  # the smallest side a task's chain and the networks' pooling are run at
 
 # Table II of the paper, (mean, std) of (precision, recall) per network, by the paper's column
 PAPER_TABLE2 = {"cxr": {"VGG16": ((0.77, 0.03), (0.78, 0.03)), "ResNet18": ((0.80, 0.01), (0.79, 0.03))},
@@ -129,11 +133,24 @@ def task_datalist(task: str, cache_dir: os.PathLike, dataset_dir: Optional[os.Pa
     return record.build_datalist(dataset_dir, cache_dir, counts, seed, output_json)
 
 
+def require_splits(datalist: Dict[str, List[dict]], splits: Sequence[str], purpose: str) -> None:
+    """Refuse, before any work, a datalist whose ``splits`` needed for ``purpose`` (training, evaluation) are empty,
+    saying which and what to pass."""
+    empty = [split for split in splits if not datalist.get(split)]
+    if empty:
+        sizes = ", ".join(f"{len(datalist.get(s, []))} {s}" for s in ("training", "validation", "test"))
+        raise ValueError(f"{purpose} needs entries in the {' and '.join(empty)} split{'s' * (len(empty) > 1)}, and "
+                         f"the datalist has {sizes}: give --counts at least one entry for each of "
+                         f"{', '.join(splits)} (counts are training, validation, test; e.g. \"[64, 16, 16]\").")
+
+
 def task_transforms(task: str, size: int, evaluation: bool = False, max_voxels: int = DEFAULT_MAX_VOXELS) -> Compose:
     """The task's chain at ``size^2``. ``evaluation=False``: what its splits are built with (for SKS/BKS, the
     augmentation and the signal drawn per entry). ``evaluation=True``: the deterministic chain for one ``image`` of
     any format, no augmentation, no signal, its MetaTensor record kept so maps can be put back on its grid.
     ``max_voxels``: files whose header claims more are refused before loading."""
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be a whole number of pixels, at least {MIN_IMAGE_SIZE}; got {size!r}.")
     if get_task(task).mri:
         if evaluation:
             return mri_transforms(size=size, augment=False, signal=False, track_meta=True, max_voxels=max_voxels)
