@@ -97,9 +97,14 @@ def test_monochrome1_dicom_is_inverted_with_or_without_suffix(tmp_path):
     torch.testing.assert_close(with_suffix, 1 - plain, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("case", ["volume", "multiframe", "nan", "corrupt", "unknown"])
+@pytest.mark.parametrize("case", ["volume", "multiframe", "nan", "corrupt", "unknown", "nifti_3_frames",
+                                  "nifti_4_frames"])
 def test_what_a_2d_model_cannot_take_is_refused_naming_the_file(tmp_path, case):
-    if case == "multiframe":
+    if case.startswith("nifti_"):  # a slice over time: frames, not colour channels to blend
+        frames = int(case.split("_")[1])
+        path = write_nifti(tmp_path / "frames.nii.gz", np.random.rand(40, 48, 1, frames).astype(np.float32))
+        message = f"is a 4D NIfTI of {frames} frames"
+    elif case == "multiframe":
         import shutil
 
         from pydicom.data import get_testdata_file

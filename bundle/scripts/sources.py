@@ -241,7 +241,8 @@ def _source_of(img) -> str:
 class EnsureSpatialDimsd(MapTransform):
     """Bring each loaded image to ``spatial_dims`` spatial axes by dropping trailing singleton axes (a 2D slice
     stored as (H, W, 1), a one-frame DICOM), and refuse what a ``spatial_dims``-D model cannot take: a volume or
-    multi-frame series, or NaN / Inf pixels. Errors name the file. The reader's shape stays in the
+    multi-frame series (a 4D NIfTI's frames too: they are not colour channels), or NaN / Inf pixels. Errors name
+    the file. The reader's shape stays in the
     ``source_shape`` meta, so :class:`SaveOnSourceGridd` writes maps back in it.
 
     Shapes: ``(C, *spatial) -> (C, *spatial[:spatial_dims])``.
@@ -257,6 +258,10 @@ class EnsureSpatialDimsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
+            if img.shape[0] > 1 and is_nifti_file(_source_of(img)):  # NIfTI's 4th / 5th axis: time or vector frames
+                raise ValueError(f"{_source_of(img)} is a 4D NIfTI of {img.shape[0]} frames (shape "
+                                 f"{(*img.shape[1:], img.shape[0])}); the model takes one image per file: save each "
+                                 "frame as a file of its own.")
             spatial = tuple(img.shape[1:])
             while len(spatial) > self.spatial_dims and spatial[-1] == 1:
                 img, spatial = img[..., 0], spatial[:-1]
