@@ -47,10 +47,10 @@ def test_find_image_files_by_suffix_and_dicom_marker(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / ".hidden.png").write_bytes(b"")
     write_gray(tmp_path / "out" / "old_x_sens.png", _picture())  # an output folder inside the input folder
-    files, ignored = find_image_files(tmp_path, exclude=[tmp_path / "out"])
+    files, ignored, problems = find_image_files(tmp_path, exclude=[tmp_path / "out"])
     assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a.jpg", "a.png", "series/IM0001",
                                                                    "series/b.nii.gz"]
-    assert ignored == 1
+    assert ignored == 1 and problems == []
     entries = folder_datalist(tmp_path, exclude=[tmp_path / "out"])
     assert [e["name"] for e in entries] == ["a.jpg", "a.png", "series/IM0001", "series/b.nii.gz"]
     assert [image_format(e["image"]) for e in entries] == ["raster", "raster", "dicom", "nifti"]
@@ -244,3 +244,51 @@ def test_links_back_to_a_parent_folder_do_not_loop(tmp_path):
     (root / "sub" / "again.png").symlink_to(root / "a.png")
     entries = folder_datalist(root)
     assert [e["name"] for e in entries] == ["a.png", "sub/b.png"]
+
+
+def test_what_the_listing_cannot_look_at_is_named_not_dropped(tmp_path):
+    """A link to nothing and a folder whose path is over the system's limit (so it cannot be listed, even by
+    root): both are skipped entries with their reason, beside the image that is analysed; a --dataset_dir that
+    cannot be read at all says so."""
+    import errno
+    import os
+
+    root = tmp_path / "scans"
+    write_gray(root / "a.png", _picture())
+    (root / "gone.png").symlink_to(root / "missing.png")
+    here = os.getcwd()
+    try:  # nested folders whose full path passes PATH_MAX, made one relative step at a time
+        os.chdir(root)
+        for _ in range(24):
+            os.mkdir("d" * 200)
+            os.chdir("d" * 200)
+    finally:
+        os.chdir(here)
+    entries = folder_datalist(root)
+    assert entries[0] == {"image": str(root / "a.png"), "name": "a.png"}
+    problems = {e["name"]: e["problem"] for e in entries[1:]}
+    assert "gone.png" in problems and "a symbolic link to" in problems["gone.png"]
+    too_long = [reason for name, reason in problems.items() if name.startswith("d" * 200)]
+    assert len(too_long) == 1 and os.strerror(errno.ENAMETOOLONG) in too_long[0]
+    dataset = SkippingDataset(entries, image_transforms(size=16))
+    assert len(list(dataset)) == 1  # the image; the others skipped, not fatal
+    assert dataset.failure(entries[1]) == entries[1]["problem"]
+
+
+def test_a_dataset_dir_that_cannot_be_read_says_so(tmp_path, monkeypatch):
+    """The tests run as root, whom permissions do not stop: the refusal the OS gives others is simulated."""
+    import os
+
+    root = tmp_path / "locked"
+    write_gray(root / "a.png", _picture())
+    real_scandir = os.scandir
+
+    def refuse(path="."):
+        if os.fspath(path) == os.fspath(root):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.raises(PermissionError, match=f"cannot read --dataset_dir {root}: folder cannot be listed: "
+                                              "Permission denied"):
+        folder_datalist(root)

@@ -430,13 +430,25 @@ def folder_datalist(root: os.PathLike, exclude: Sequence[os.PathLike] = ()) -> L
     Raises ``FileNotFoundError`` when ``root`` is not a folder and ``ValueError`` when it holds no image file.
     """
     root = _require_dir(root, "image")
-    files, ignored = find_image_files(root, exclude=exclude)
+    files, ignored, problems = find_image_files(root, exclude=exclude)
     if not files:
-        raise ValueError(f"no image file under {root} ({ignored} other files): expected "
-                         f"{', '.join(READABLE_SUFFIXES)} or DICOM files.")
+        if any(path == root for path, _ in problems):
+            raise PermissionError(f"cannot read --dataset_dir {root}: {problems[0][1]}")
+        raise ValueError(f"no image file under {root} ({ignored} other files"
+                         + (f", {len(problems)} unreadable folders or broken links" if problems else "")
+                         + f"): expected {', '.join(READABLE_SUFFIXES)} or DICOM files.")
     if ignored:
         logger.info("%d files under %s are not images and were left out.", ignored, root)
-    return [{"image": str(path), "name": path.relative_to(root).as_posix()} for path in files]
+    entries = [{"image": str(path), "name": _relative_name(path, root)} for path in files]
+    return entries + [{"image": str(path), "name": _relative_name(path, root), "problem": f"{path}: {reason}"}
+                      for path, reason in problems]
+
+
+def _relative_name(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:  # outside root (a folder reached through a link): named by its full path
+        return path.as_posix()
 
 
 class SkippingDataset(IterableDataset):
@@ -454,7 +466,10 @@ class SkippingDataset(IterableDataset):
         self.name_key = name_key
 
     def failure(self, entry: dict) -> Optional[str]:
-        """Why ``entry`` cannot be transformed, or None when it can."""
+        """Why ``entry`` cannot be transformed, or None when it can; an entry the listing could not look at
+        (``problem``: an unreadable folder, a broken link) says why."""
+        if entry.get("problem"):
+            return str(entry["problem"])
         try:
             apply_transform(self.transform, entry) if self.transform is not None else entry
         except Exception as err:
@@ -466,6 +481,9 @@ class SkippingDataset(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         for i, entry in enumerate(self.data):
             if i % workers != worker:
+                continue
+            if entry.get("problem"):
+                logger.warning("skipped %s", entry["problem"])
                 continue
             if self.transform is None:
                 yield entry

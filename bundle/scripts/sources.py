@@ -75,20 +75,26 @@ def is_dicom_file(path: os.PathLike) -> bool:
         return False
 
 
-def find_image_files(root: os.PathLike, exclude: Iterable[os.PathLike] = ()) -> Tuple[List[Path], int]:
+def find_image_files(root: os.PathLike, exclude: Iterable[os.PathLike] = ()
+                     ) -> Tuple[List[Path], int, List[Tuple[Path, str]]]:
     """Every image file under ``root``, recursively, sorted: NIfTI, PNG, JPEG, BMP and DICOM (by suffix, or any
     other file carrying the DICOM marker). Hidden files and folders and the ``exclude`` folders (e.g. an output
     folder inside ``root``) are left out. Symbolic links are followed, but every folder and file is visited once
     (by its real path): a link back to a parent folder ends the descent there instead of looping.
 
     Returns:
-        the image files and the number of other files ignored.
+        the image files, the number of other files ignored, and ``(path, reason)`` for what could not be looked
+        at: a folder that cannot be listed (permissions, a path over the system's limit), a link to nothing.
     """
     root = Path(root)
     excluded = {Path(p).resolve() for p in exclude}
-    images, ignored = [], 0
+    images, ignored, problems = [], 0, []
     seen_folders, seen_files = {os.path.realpath(root)}, set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+
+    def unlisted(err: OSError) -> None:
+        problems.append((Path(err.filename or root), f"folder cannot be listed: {err.strerror or err}"))
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=unlisted):
         kept = []
         for d in sorted(dirs):
             real = os.path.realpath(Path(folder) / d)
@@ -96,9 +102,13 @@ def find_image_files(root: os.PathLike, exclude: Iterable[os.PathLike] = ()) -> 
                 seen_folders.add(real)
                 kept.append(d)
         dirs[:] = kept
-        for name in sorted(files):
+        for name in sorted(files):  # os.walk lists a link to nothing among the files
             path = Path(folder) / name
-            if name.startswith(".") or not path.is_file():
+            if name.startswith("."):
+                continue
+            if not path.is_file():
+                if path.is_symlink() and not path.exists():
+                    problems.append((path, f"a symbolic link to {os.readlink(path)}, which does not exist"))
                 continue
             real = os.path.realpath(path)
             if real in seen_files:
@@ -108,7 +118,7 @@ def find_image_files(root: os.PathLike, exclude: Iterable[os.PathLike] = ()) -> 
                 images.append(path)
             else:
                 ignored += 1
-    return images, ignored
+    return images, ignored, problems
 
 
 def _pil_as_shown(image: Image.Image) -> Image.Image:
