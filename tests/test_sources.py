@@ -292,3 +292,15 @@ def test_a_dataset_dir_that_cannot_be_read_says_so(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match=f"cannot read --dataset_dir {root}: folder cannot be listed: "
                                               "Permission denied"):
         folder_datalist(root)
+
+
+def test_earlier_runs_are_not_read_back_when_the_output_folder_is_the_input_folder(tmp_path):
+    """--output_dir equal to --dataset_dir: the maps and figures of earlier runs (in their run folders) are not
+    inputs; a user's own folder that only starts alike is."""
+    write_gray(tmp_path / "a.png", _picture())
+    write_nifti(tmp_path / "run-20261202-040000" / "a.png_x_sens.nii.gz", _picture().astype(np.float32))
+    write_gray(tmp_path / "run-20261202-040000-2" / "a.png_ifim.png", _picture())
+    write_gray(tmp_path / "run-notes" / "b.png", _picture())
+    files = find_image_files(tmp_path, exclude=[tmp_path])[0]
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a.png", "run-notes/b.png"]
+    assert len(find_image_files(tmp_path)[0]) == 4  # not the output folder: every file is an input

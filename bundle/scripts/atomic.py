@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 
 __all__ = ["atomic_write", "write_csv", "append_csv_rows", "save_nifti", "new_run_dir", "temporary_prefix",
-           "remove_stale_temporaries", "format_suffix", "fit_name", "NAME_MAX"]
+           "remove_stale_temporaries", "format_suffix", "fit_name", "NAME_MAX", "is_run_dir_name"]
 
 
 def _umask() -> int:
@@ -151,6 +151,11 @@ def append_csv_rows(path: os.PathLike, header: Sequence[str], rows: Iterable[Seq
         f.write(buffer.getvalue())
         f.flush()
         os.fsync(f.fileno())
+
+
+def is_run_dir_name(name: str, prefix: str = "run") -> bool:
+    """Whether ``name`` is one :func:`new_run_dir` gives: ``<prefix>-YYYYmmdd-HHMMSS`` or with ``-<n>``."""
+    return re.fullmatch(rf"{re.escape(prefix)}-\d{{8}}-\d{{6}}(-\d+)?", name) is not None
 
 
 def new_run_dir(output_dir: os.PathLike, prefix: str = "run") -> Path:

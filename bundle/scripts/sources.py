@@ -42,7 +42,7 @@ from monai.transforms import Invertd, InvertibleTransform, LoadImaged, MapTransf
 from monai.utils import TraceKeys
 from PIL import Image
 
-from .atomic import fit_name, save_nifti
+from .atomic import fit_name, is_run_dir_name, save_nifti
 
 __all__ = ["IMAGE_SUFFIXES", "is_dicom_file", "is_nifti_file", "find_image_files", "image_readers", "image_format",
            "LoadImageCheckedd", "DEFAULT_MAX_VOXELS", "header_voxels", "EnsureSpatialDimsd", "RowsColumnsd",
@@ -79,8 +79,10 @@ def find_image_files(root: os.PathLike, exclude: Iterable[os.PathLike] = ()
                      ) -> Tuple[List[Path], int, List[Tuple[Path, str]]]:
     """Every image file under ``root``, recursively, sorted: NIfTI, PNG, JPEG, BMP and DICOM (by suffix, or any
     other file carrying the DICOM marker). Hidden files and folders and the ``exclude`` folders (e.g. an output
-    folder inside ``root``) are left out. Symbolic links are followed, but every folder and file is visited once
-    (by its real path): a link back to a parent folder ends the descent there instead of looping.
+    folder inside ``root``) are left out; when an ``exclude`` folder is ``root`` itself (the output folder is the
+    input folder), the run folders earlier runs made in it (``run-<date>-<time>``) are left out instead. Symbolic
+    links are followed, but every folder and file is visited once (by its real path): a link back to a parent
+    folder ends the descent there instead of looping.
 
     Returns:
         the image files, the number of other files ignored, and ``(path, reason)`` for what could not be looked
@@ -94,10 +96,13 @@ def find_image_files(root: os.PathLike, exclude: Iterable[os.PathLike] = ()
     def unlisted(err: OSError) -> None:
         problems.append((Path(err.filename or root), f"folder cannot be listed: {err.strerror or err}"))
 
+    outputs_here = root.resolve() in excluded  # earlier runs' folders sit among the inputs
     for folder, dirs, files in os.walk(root, followlinks=True, onerror=unlisted):
         kept = []
         for d in sorted(dirs):
             real = os.path.realpath(Path(folder) / d)
+            if outputs_here and Path(folder) == root and is_run_dir_name(d):
+                continue
             if not d.startswith(".") and Path(real) not in excluded and real not in seen_folders:
                 seen_folders.add(real)
                 kept.append(d)
