@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from ignite.metrics import ConfusionMatrix, MetricsLambda
 from scipy import sparse
-from scipy.sparse.linalg import spsolve
+from scipy.sparse.linalg import splu
 from scipy.stats import rankdata, spearmanr
 from torch import nn
 
@@ -177,7 +177,13 @@ class NoisyLinearImputation:
 
     @staticmethod
     def impute(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
-        """``image (C_in, *spatial)`` with the ``removed (*spatial)`` pixels linearly imputed (float64)."""
+        """``image (C_in, *spatial)`` with the ``removed (*spatial)`` pixels linearly imputed (float64).
+
+        Each removed pixel i satisfies ``s_i x_i - sum_j w_ij x_j = sum_k w_ik x_k`` (j its removed neighbours, k
+        its kept ones, ``s_i`` the sum of its weights inside the image): the neighbour-mean equations multiplied by
+        ``s_i``, which makes the matrix symmetric (``w_ij`` depends only on the offset) and positive definite, so
+        SuperLU can order it as a symmetric one: about twice as fast on large removed regions, the same solution.
+        """
         spatial = removed.shape
         unknown = np.flatnonzero(removed)
         flat = image.reshape(image.shape[0], -1).astype(np.float64).copy()
@@ -189,32 +195,27 @@ class NoisyLinearImputation:
         position = np.full(removed.size, -1, dtype=np.int64)
         position[unknown] = np.arange(unknown.size)
         coords = np.stack(np.unravel_index(unknown, spatial), 1)  # (m, dims)
-        rows, cols, values, neighbours, weights = [], [], [], [], []
+        diagonal = np.zeros(unknown.size)
+        rows, cols, values = [np.arange(unknown.size)], [np.arange(unknown.size)], []
+        rhs = np.zeros((unknown.size, flat.shape[0]))
         for offset in itertools.product((-1, 0, 1), repeat=len(spatial)):
             if not any(offset):
                 continue
+            weight = 2.0 if sum(map(abs, offset)) == 1 else 1.0  # face neighbours twice the others (ROAD)
             target = coords + np.asarray(offset)
             inside = np.all((target >= 0) & (target < np.asarray(spatial)), 1)
-            index = np.full(unknown.size, -1, dtype=np.int64)
+            index = np.zeros(unknown.size, dtype=np.int64)
             index[inside] = np.ravel_multi_index(tuple(target[inside].T), spatial)
-            neighbours.append(index)
-            weights.append(np.where(inside, 2.0 if sum(map(abs, offset)) == 1 else 1.0, 0.0))
-        weights = np.stack(weights, 1)
-        weights /= weights.sum(1, keepdims=True)
-        rhs = np.zeros((unknown.size, flat.shape[0]))
-        for index, weight in zip(np.stack(neighbours, 1).T, weights.T):
-            valid = index >= 0
-            known = valid & (position[np.where(valid, index, 0)] < 0)
-            rhs[known] += weight[known, None] * flat[:, index[known]].T
-            free = valid & ~known
+            diagonal += weight * inside
+            free = inside & (position[index] >= 0)
+            known = inside & ~free
+            rhs[known] += weight * flat[:, index[known]].T
             rows.append(np.flatnonzero(free))
             cols.append(position[index[free]])
-            values.append(-weight[free])
-        matrix = sparse.csc_matrix((np.concatenate([np.ones(unknown.size)] + values),
-                                    (np.concatenate([np.arange(unknown.size)] + rows),
-                                     np.concatenate([np.arange(unknown.size)] + cols))),
+            values.append(np.full(int(free.sum()), -weight))
+        matrix = sparse.csc_matrix((np.concatenate([diagonal] + values), (np.concatenate(rows), np.concatenate(cols))),
                                    shape=(unknown.size, unknown.size))
-        solution = spsolve(matrix, rhs)
+        solution = splu(matrix, permc_spec="MMD_AT_PLUS_A", options={"SymmetricMode": True}).solve(rhs)
         flat[:, unknown] = np.asarray(solution).reshape(unknown.size, -1).T
         return flat.reshape(image.shape)
 
