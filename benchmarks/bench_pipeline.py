@@ -36,29 +36,12 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
-sys.path.insert(0, str(BUNDLE))
+sys.path[:0] = [str(BUNDLE), str(ROOT / "tests")]
 
-
-def write_dicom(path: Path, pixels: np.ndarray) -> None:
-    """A minimal 16-bit MONOCHROME2 secondary-capture DICOM of ``pixels`` (rows x cols)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "MR", "bench"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.ascontiguousarray(pixels.astype(np.uint16)).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+from fake_datasets import write_dicom  # noqa: E402  (the tests' minimal 16-bit DICOM writer)
 
 
 def make_folder(root: Path, n: int, size: int, seed: int = 0) -> Dict[str, int]:
