@@ -240,26 +240,16 @@ def test_shares_merged_equal_the_whole_whatever_the_batches(batch, studied):
 
 
 def test_intervals_resample_units_not_images(batch):
-    """Six images of one unit (one slice, augmented): every resample is the whole set, so each interval collapses
-    on its estimate; six units: the intervals open around it."""
+    """Six images of one unit (one slice, augmented): every resample would be the whole set, so no interval is
+    drawn; six units: the intervals open around each estimate."""
     model, x, y, centers, sigmas = batch
     methods = ("ifim_sensitive", "gradcam")
     one = _study(methods, n_bootstrap=200)
     one.update(model, x, y, centers, sigmas, units=["slice 40"] * 6)
     results = one.compute().to_dict()
     assert results["units"] == {"n": 1, "images_per_unit": [6, 6]}
-    intervals = results["intervals"]
-    for tag, per_method in results["perturbation"].items():
-        for method, per_alpha in per_method.items():
-            for alpha, values in per_alpha.items():
-                for key in ("drop_high", "drop_low", "drop_random"):
-                    assert intervals["perturbation"][tag][method][alpha][key] == pytest.approx([values[key]] * 2)
-    for method, values in results["curves"]["methods"].items():
-        assert intervals["curves"][method]["delta_prob"] == pytest.approx([values["auc"]["delta_prob"]] * 2)
-    point = results["fgsm"]["pearson"]["gradcam"]["mean"]
-    assert intervals["fgsm_pearson"]["gradcam"] == pytest.approx([point, point])
-    energy = results["localization"]["gradcam"]["energy_fraction"]  # over the 3 positives with a known signal
-    assert intervals["localization"]["gradcam"]["energy_fraction"] == pytest.approx([energy, energy])
+    assert results["intervals"]["perturbation"] == {tag: {} for tag in results["perturbation"]}
+    assert "fgsm_pearson" not in results["intervals"] and results["intervals"]["localization"] == {}
     separate = _study(methods, n_bootstrap=200)
     separate.update(model, x, y, centers, sigmas)
     results = separate.compute().to_dict()
