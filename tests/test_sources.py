@@ -98,9 +98,12 @@ def test_monochrome1_dicom_is_inverted_with_or_without_suffix(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["volume", "multiframe", "nan", "corrupt", "unknown", "nifti_3_frames",
-                                  "nifti_4_frames"])
+                                  "nifti_4_frames", "strip"])
 def test_what_a_2d_model_cannot_take_is_refused_naming_the_file(tmp_path, case):
-    if case.startswith("nifti_"):  # a slice over time: frames, not colour channels to blend
+    if case == "strip":  # 2 x 2400: the MRI chain's longest-side resize to 16 would leave no row
+        path = write_gray(tmp_path / "strip.png", (np.random.rand(2, 2400) * 255).astype(np.uint8))
+        message = "is 2 x 2400 pixels: resized to 16 along its longest side, its short side would be under one pixel"
+    elif case.startswith("nifti_"):  # a slice over time: frames, not colour channels to blend
         frames = int(case.split("_")[1])
         path = write_nifti(tmp_path / "frames.nii.gz", np.random.rand(40, 48, 1, frames).astype(np.float32))
         message = f"is a 4D NIfTI of {frames} frames"
@@ -126,7 +129,9 @@ def test_what_a_2d_model_cannot_take_is_refused_naming_the_file(tmp_path, case):
         path = tmp_path / "scan.xyz"
         path.write_bytes(b"whatever")
         message = "is not a NIfTI, PNG, JPEG, BMP or DICOM file"
-    dataset = SkippingDataset([{"image": str(path), "name": path.name}], image_transforms(size=16))
+    chain = mri_transforms(size=16, augment=False, signal=False, track_meta=True) if case == "strip" else \
+        image_transforms(size=16)
+    dataset = SkippingDataset([{"image": str(path), "name": path.name}], chain)
     assert list(dataset) == []  # skipped, not fatal
     reason = dataset.failure({"image": str(path), "name": path.name})
     assert str(path) in reason and message in reason

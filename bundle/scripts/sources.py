@@ -45,8 +45,8 @@ from PIL import Image
 from .atomic import fit_name, is_run_dir_name, save_nifti
 
 __all__ = ["IMAGE_SUFFIXES", "is_dicom_file", "is_nifti_file", "find_image_files", "image_readers", "image_format",
-           "LoadImageCheckedd", "DEFAULT_MAX_VOXELS", "header_voxels", "EnsureSpatialDimsd", "RowsColumnsd",
-           "AsOwnGridd", "InvertToSourced", "SaveOnSourceGridd"]
+           "LoadImageCheckedd", "DEFAULT_MAX_VOXELS", "header_voxels", "EnsureSpatialDimsd", "RefuseFlatImagesd",
+           "RowsColumnsd", "AsOwnGridd", "InvertToSourced", "SaveOnSourceGridd"]
 
 logger = logging.getLogger(__name__)
 
@@ -290,6 +290,26 @@ class EnsureSpatialDimsd(MapTransform):
                 img.affine = _drop_axes(img.affine, self.spatial_dims)
             d[key] = img
         return d
+
+
+class RefuseFlatImagesd(MapTransform):
+    """Refuse an image that resizing its longest side to ``size`` would flatten below one pixel across (a 2 x 2400
+    strip at 64): named, with its shape, instead of an empty array failing later in the run.
+
+    Shapes: ``(C, *spatial)`` passes unchanged.
+    """
+
+    def __init__(self, keys: KeysCollection, size: int, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.size = int(size)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        for key in self.key_iterator(data):
+            spatial = tuple(data[key].shape[1:])
+            if min(spatial) * self.size / max(spatial) < 0.5:  # rounds to 0 pixels
+                raise ValueError(f"{_source_of(data[key])} is {' x '.join(map(str, spatial))} pixels: resized to "
+                                 f"{self.size} along its longest side, its short side would be under one pixel.")
+        return dict(data)
 
 
 def _drop_axes(affine: torch.Tensor, spatial_dims: int) -> torch.Tensor:

@@ -43,7 +43,14 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor
 
-from .sources import DEFAULT_MAX_VOXELS, EnsureSpatialDimsd, LoadImageCheckedd, RowsColumnsd, is_dicom_file
+from .sources import (
+    DEFAULT_MAX_VOXELS,
+    EnsureSpatialDimsd,
+    LoadImageCheckedd,
+    RefuseFlatImagesd,
+    RowsColumnsd,
+    is_dicom_file,
+)
 
 __all__ = ["gaussian_blob", "InsertGaussianSignal", "InsertGaussianSignald", "EnsureGrayscale",
            "EnsureGrayscaled", "InvertMonochrome1", "InvertMonochrome1d", "PerSampleSeedd", "image_transforms",
@@ -340,6 +347,7 @@ def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True,
                                                   amplitude_range=amplitude_range, sigma=sigma or size / 24))
     steps = [
         *_source_steps(keys, spatial_dims, max_voxels),
+        RefuseFlatImagesd(keys, size),
         Resized(keys, spatial_size=size, size_mode="longest", mode=("area", "nearest")[:len(keys)]),
         ResizeWithPadOrCropd(keys, spatial_size=spatial),
         ScaleIntensityRangePercentilesd("image", lower=0.0, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
