@@ -75,6 +75,32 @@ def test_scores_equal_the_metric_on_the_maps_and_errors_name_the_file(model, tmp
         score_annotations(model, studies, tmp_path / "scores", methods=METHODS)
 
 
+def test_labels_off_the_grid_soft_full_or_of_an_ambiguous_image_are_refused(model, tmp_path):
+    """A label of the image's shape but another affine (3 mm voxels, x flipped), a soft label, one marking every
+    pixel, and two images with one datastore id: each refused naming the file; a label map using 2 is scored."""
+    studies = tmp_path / "studies"
+    images = make_review_studies(studies)
+    labels = studies / "labels" / "final"
+    shape, affine = source_grid(images["axial"])
+    mask = np.zeros(shape, np.uint8)
+    mask[10:20, 8:16] = 1
+    other = np.diag([-3.0, 3.0, 3.0, 1.0])
+    cases = [(mask, other, r"axial\.nii\.gz has another affine than its image"),
+             (mask * 0.3, affine, r"axial\.nii\.gz holds values that are not whole numbers \(from 0 to 0\.3\)"),
+             (np.ones(shape, np.uint8), affine, r"axial\.nii\.gz marks every pixel")]
+    for values, grid, message in cases:
+        write_nifti(labels / "axial.nii.gz", values.astype(np.float32), grid)
+        with pytest.raises(ValueError, match=message):
+            score_annotations(model, studies, tmp_path / "scores", methods=METHODS)
+    write_nifti(labels / "axial.nii.gz", 2 * mask, affine)
+    twos = score_annotations(model, studies, tmp_path / "scores", methods=METHODS)["rows"]
+    write_nifti(labels / "axial.nii.gz", mask, affine)
+    assert twos == score_annotations(model, studies, tmp_path / "scores", methods=METHODS)["rows"]
+    write_gray(studies / "other" / "axial.png", np.zeros((8, 8)))  # a second image with the id "axial"
+    with pytest.raises(ValueError, match=r"have the same datastore id 'axial'"):
+        score_annotations(model, studies, tmp_path / "scores", methods=METHODS)
+
+
 def test_bootstrap_interval_and_datastore_ids():
     assert bootstrap_interval([0.4] * 5) == (pytest.approx(0.4), pytest.approx(0.4), pytest.approx(0.4))
     mean, low, high = bootstrap_interval([0.0, 1.0] * 20, seed=1)

@@ -146,21 +146,45 @@ def _check_percent(value: float) -> float:
     return float(value)
 
 
-def _read_label(path: Path, shape: Sequence[int]) -> torch.Tensor:
+def _grid_affine(values: torch.Tensor) -> np.ndarray:
+    """The 4x4 voxel-to-world affine a map on its source's grid is written with (``SaveOnSourceGridd``)."""
+    meta = getattr(values, "meta", {})
+    affine = np.asarray(meta.get("original_affine", meta.get("affine", np.eye(4))), dtype=np.float64)
+    full, n = np.eye(4), affine.shape[0] - 1
+    full[:n, :n], full[:n, 3] = affine[:n, :n], affine[:n, n]
+    return full
+
+
+def _read_label(path: Path, shape: Sequence[int], affine: np.ndarray) -> torch.Tensor:
+    """A reviewed label as a boolean mask on its image's grid. Refused, naming the file: another shape or another
+    affine than the image's (a label of another grid would score the wrong pixels), values that are not whole
+    numbers (a soft label: save a binary one), NaN, and a label that marks no pixel or every pixel (nothing to
+    compare inside or outside it). Any nonzero whole number counts as annotated (label maps may use 1, 2, ...)."""
     import nibabel as nib
 
     try:
-        array = np.asarray(nib.load(str(path)).dataobj)
+        image = nib.load(str(path))
+        array = np.asarray(image.dataobj)
     except Exception as err:
         raise ValueError(f"label {path} cannot be read: {err}") from err
     squeezed = tuple(s for s in array.shape if s != 1)
     if array.size != int(np.prod(shape)) or squeezed != tuple(s for s in shape if s != 1):
         raise ValueError(f"label {path} has shape {array.shape}, its image {tuple(shape)}: not on the image's grid.")
+    if not np.allclose(image.affine, affine, atol=1e-4):
+        raise ValueError(f"label {path} has another affine than its image (voxel sizes, orientation or origin "
+                         f"differ): {np.round(image.affine, 4).tolist()} against {np.round(affine, 4).tolist()}; "
+                         "save it on the image's grid.")
     if not np.isfinite(array).all():
         raise ValueError(f"label {path} holds NaN or Inf values.")
-    mask = torch.as_tensor(array.reshape(shape) > 0)
+    if not np.array_equal(array, np.round(array)):
+        raise ValueError(f"label {path} holds values that are not whole numbers (from {array.min():g} to "
+                         f"{array.max():g}): a soft label; save a binary one (0 outside, 1 inside).")
+    mask = torch.as_tensor(array.reshape(shape) != 0)
     if not mask.any():
         raise ValueError(f"label {path} marks no pixel: an empty annotation cannot be scored against.")
+    if mask.all():
+        raise ValueError(f"label {path} marks every pixel: with nothing outside the annotation it cannot be scored "
+                         "against.")
     return mask
 
 
@@ -185,7 +209,12 @@ def score_annotations(model: ReviewModel, studies_dir: os.PathLike, output_dir: 
     labels = sorted(label_dir.glob("*.nii.gz")) if label_dir.is_dir() else []
     if not labels:
         raise FileNotFoundError(f"no labels tagged {tag!r} in {label_dir}: save the reviewed labels first.")
-    images = {datastore_id(p): p for p in find_image_files(studies, exclude=[studies / "labels"])[0]}
+    images: Dict[str, Path] = {}
+    for path in find_image_files(studies, exclude=[studies / "labels"])[0]:
+        other = images.setdefault(datastore_id(path), path)
+        if other != path:
+            raise ValueError(f"{other} and {path} have the same datastore id {datastore_id(path)!r}: a label could "
+                             "belong to either; give each image a name of its own.")
     rows: List[Dict[str, Any]] = []
     for label_path in labels:
         image_id = datastore_id(label_path)
@@ -194,7 +223,7 @@ def score_annotations(model: ReviewModel, studies_dir: os.PathLike, output_dir: 
         item = model.load(images[image_id])
         on_source = model.to_source_grid(item, model.maps(item, methods, background))
         shape = tuple(on_source[methods[0]].shape[1:])
-        mask = _read_label(label_path, shape)
+        mask = _read_label(label_path, shape, _grid_affine(on_source[methods[0]]))
         stacked = torch.stack([on_source[m] for m in methods]).double()  # (M, 1, *source spatial)
         scores = annotation_agreement(stacked, mask[None, None].expand_as(stacked))
         for i, method in enumerate(methods):
