@@ -17,10 +17,12 @@ bundle's ``models/model.pt``), ``device`` (default ``cpu``).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict
 
+from fastapi import HTTPException
 from monailabel.config import settings
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
@@ -31,6 +33,32 @@ logger = logging.getLogger(__name__)
 
 # the formats the bundle reads (scripts.sources); DICOM files need their .dcm suffix in a local datastore
 IMAGE_EXTENSIONS = ["*.nii.gz", "*.nii", "*.png", "*.jpg", "*.jpeg", "*.bmp", "*.dcm"]
+
+
+LABEL_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a folder name under labels/, never a path
+
+
+class ReviewDatastore(LocalDatastore):
+    """MONAI Label's local datastore, with the labels a reader saves checked by the app first: the tag is a plain
+    name (``final``, ``reader_2``; no ``..`` or ``/`` that would write outside the studies folder), and the file is
+    a NIfTI on its image's grid holding whole numbers (``scripts.review.check_label``; other formats, which the
+    scoring does not read, pass as MONAI Label takes them). A bad one is answered with a 4xx and a one-line reason,
+    and nothing is written."""
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        if not isinstance(label_tag, str) or not LABEL_TAG.fullmatch(label_tag):
+            raise HTTPException(400, f"label tag {label_tag!r}: use letters, digits, '_' or '-' (e.g. final).")
+        image = self.get_image_uri(image_id) if image_id in self.list_images() else ""
+        if not image:
+            raise HTTPException(404, f"no image {image_id!r} in the datastore.")
+        if str(label_filename).endswith((".nii", ".nii.gz")):  # what configs/review.yaml scores
+            from scripts.review import check_label  # the bundle is on sys.path once the app is built
+
+            try:
+                check_label(label_filename, image)
+            except ValueError as err:
+                raise HTTPException(422, str(err).replace(str(label_filename), f"the label for {image_id}")) from err
+        return super().save_label(image_id, label_filename, label_tag, label_info)
 
 
 class IFIMReviewApp(MONAILabelApp):
@@ -47,14 +75,15 @@ class IFIMReviewApp(MONAILabelApp):
                          version=_bundle_version(self.bundle_root))
 
     def init_datastore(self) -> Datastore:
-        return LocalDatastore(self.studies, extensions=IMAGE_EXTENSIONS,
-                              auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD)
+        return ReviewDatastore(self.studies, extensions=IMAGE_EXTENSIONS,
+                               auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD)
 
     def init_infers(self) -> Dict[str, InferTask]:
         from lib.infers import IFIMReview  # after the bundle is on sys.path
 
         task = IFIMReview(self.bundle_root, top_percent=float(self.conf.get("top_percent", 5)),
-                          ckpt_path=self.conf.get("checkpoint"), device=self.conf.get("device", "cpu"))
+                          ckpt_path=self.conf.get("checkpoint"), device=self.conf.get("device", "cpu"),
+                          studies=self.studies)
         logger.info("+++ Adding Inferer:: ifim_review => %s", task.description)
         return {"ifim_review": task}
 

@@ -163,3 +163,40 @@ def test_a_corrected_label_is_saved_read_back_and_scored(server, tmp_path):
             assert float(row[key]) == pytest.approx(value.item(), rel=1e-6, abs=1e-9, nan_ok=True), (row, key)
     table = (folder / "annotation_scores.md").read_text()
     assert "| ifim_sensitive |" in table and "1 image)" in table
+
+
+@pytest.mark.parametrize("params, status, reason", [
+    ({"image": "no_such_image"}, 404, "no image"),
+    ({"image": "/etc/passwd"}, 403, "outside the datastore"),
+    ({"image": "axial", "top_percent": -1}, 400, "top_percent must be a number in (0, 100]"),
+    ({"image": "axial", "top_percent": 0}, 400, "got 0"),
+    ({"image": "axial", "top_percent": 1000}, 400, "got 1000"),
+    ({"image": "axial", "top_percent": "abc"}, 400, "got 'abc'"),
+    ({"image": "axial", "top_percent": True}, 400, "got True"),
+])
+def test_a_bad_infer_request_is_a_4xx_with_its_reason(server, params, status, reason):
+    url = server[0]
+    extra = {k: v for k, v in params.items() if k != "image"}
+    response = requests.post(f"{url}/infer/ifim_review", params={"image": params["image"], "output": "json"},
+                             data={"params": json.dumps(extra)}, timeout=300)
+    assert response.status_code == status and reason in response.json()["detail"], response.text[-500:]
+
+
+def test_a_bad_label_upload_is_refused_and_writes_nothing(server, tmp_path):
+    """A tag that climbs out of the studies folder, and a label of another shape: 400 and 422 with their reasons,
+    no file written anywhere."""
+    url, studies, images, _ = server
+    shape, affine = source_grid(images["axial"])
+    good = tmp_path / "axial.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.uint8), affine), str(good))
+    before = sorted(p for p in studies.rglob("*") if p.is_file())
+    evil = requests.put(f"{url}/datastore/label", params={"image": "axial", "tag": "../../../../evil_tag"},
+                        files={"label": ("axial.nii.gz", good.read_bytes())}, data={"params": "{}"}, timeout=60)
+    assert evil.status_code == 400 and "label tag" in evil.json()["detail"]
+    wrong = tmp_path / "wrong.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.uint8), affine), str(wrong))
+    shaped = requests.put(f"{url}/datastore/label", params={"image": "axial", "tag": "final"},
+                          files={"label": ("axial.nii.gz", wrong.read_bytes())}, data={"params": "{}"}, timeout=60)
+    assert shaped.status_code == 422 and "has shape (8, 8)" in shaped.json()["detail"]
+    after = sorted(p for p in studies.rglob("*") if p.is_file())
+    assert after == before and not (studies / "labels" / "../../../../evil_tag").resolve().exists()

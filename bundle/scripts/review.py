@@ -33,9 +33,10 @@ from .bootstrap import bootstrap_interval
 from .checkpoints import load_checkpoint
 from .metrics import annotation_agreement, perturbation_masks
 from .seeding import image_seeds
-from .sources import InvertToSourced, SaveOnSourceGridd, find_image_files
+from .sources import InvertToSourced, LoadImageCheckedd, SaveOnSourceGridd, decode_shape, find_image_files
 
-__all__ = ["ReviewModel", "score_annotations", "datastore_id", "LABEL_NAME"]
+__all__ = ["ReviewModel", "score_annotations", "datastore_id", "check_percent", "check_label", "source_grid",
+           "LABEL_NAME"]
 
 logger = logging.getLogger(__name__)
 LABEL_NAME = "high_sensitivity"  # the label's one foreground class
@@ -68,7 +69,7 @@ class ReviewModel:
 
     def __init__(self, network: torch.nn.Module, checkpoint: Any, preprocessing: Any, inferer: Any,
                  class_names: Sequence[str], top_percent: float = 5.0, device: Any = "cpu", seed: int = 0):
-        self.top_percent = _check_percent(top_percent)
+        self.top_percent = check_percent(top_percent)
         self.device, self.seed = torch.device(device), seed
         self.checkpoint = str(checkpoint.load_path)
         self.network = load_checkpoint(network.to(self.device), self.checkpoint, checkpoint.expected, self.device)
@@ -109,7 +110,7 @@ class ReviewModel:
         """Write ``<output_dir>/<id>_label.nii.gz``, 1 on the top ``top_percent`` % (default the model's) of S(x) on
         the image's own grid (ties broken at random), and return ``(label path, result)``: ``predicted_class``,
         ``class_names``, ``probabilities``, ``eigenvalues``, ``k``, ``rank`` and ``top_percent``."""
-        top_percent = self.top_percent if top_percent is None else _check_percent(top_percent)
+        top_percent = self.top_percent if top_percent is None else check_percent(top_percent)
         item = self.load(image_path)
         out = self.inferer(item["image"][None].to(self.device), self.network)
         sensitivity = out["x_sens"][0].abs().sum(0, keepdim=True)  # S(x), (1, *model grid)
@@ -140,7 +141,7 @@ class ReviewModel:
         return {m: maps[m][0] for m in methods}
 
 
-def _check_percent(value: float) -> float:
+def check_percent(value: float) -> float:
     if not 0 < float(value) <= 100:
         raise ValueError(f"top_percent must lie in (0, 100], got {value}.")
     return float(value)
@@ -155,7 +156,21 @@ def _grid_affine(values: torch.Tensor) -> np.ndarray:
     return full
 
 
-def _read_label(path: Path, shape: Sequence[int], affine: np.ndarray) -> torch.Tensor:
+def source_grid(image_path: os.PathLike) -> tuple:
+    """``(spatial shape, 4x4 affine)`` of an image file as the bundle's reader gives it: the grid its labels and
+    maps are written on."""
+    image = LoadImageCheckedd(keys="image")({"image": str(image_path)})["image"]
+    return decode_shape(image.meta["source_shape"]), _grid_affine(image)
+
+
+def check_label(label_path: os.PathLike, image_path: os.PathLike) -> None:
+    """Refuse, naming the file, a label to be saved for ``image_path`` that is not on its grid or holds values
+    other than whole numbers (:func:`_read_label`; an empty label is a reader's valid answer)."""
+    shape, affine = source_grid(image_path)
+    _read_label(Path(label_path), shape, affine, scored=False)
+
+
+def _read_label(path: Path, shape: Sequence[int], affine: np.ndarray, scored: bool = True) -> torch.Tensor:
     """A reviewed label as a boolean mask on its image's grid. Refused, naming the file: another shape or another
     affine than the image's (a label of another grid would score the wrong pixels), values that are not whole
     numbers (a soft label: save a binary one), NaN, and a label that marks no pixel or every pixel (nothing to
@@ -180,6 +195,8 @@ def _read_label(path: Path, shape: Sequence[int], affine: np.ndarray) -> torch.T
         raise ValueError(f"label {path} holds values that are not whole numbers (from {array.min():g} to "
                          f"{array.max():g}): a soft label; save a binary one (0 outside, 1 inside).")
     mask = torch.as_tensor(array.reshape(shape) != 0)
+    if not scored:
+        return mask
     if not mask.any():
         raise ValueError(f"label {path} marks no pixel: an empty annotation cannot be scored against.")
     if mask.all():
