@@ -101,6 +101,14 @@ def test_labels_off_the_grid_soft_full_or_of_an_ambiguous_image_are_refused(mode
         score_annotations(model, studies, tmp_path / "scores", methods=METHODS)
 
 
+def test_a_blank_image_gets_an_empty_label_and_a_note(model, tmp_path):
+    import nibabel as nib
+
+    path = write_gray(tmp_path / "blank.png", np.full((30, 40), 128))
+    label, result = model.label(path, tmp_path / "out")
+    assert np.asarray(nib.load(label).dataobj).sum() == 0 and "blank" in result["note"]
+
+
 def test_bootstrap_interval_and_datastore_ids():
     assert bootstrap_interval([0.4] * 5) == (pytest.approx(0.4), pytest.approx(0.4), pytest.approx(0.4))
     mean, low, high = bootstrap_interval([0.0, 1.0] * 20, seed=1)

@@ -109,14 +109,20 @@ class ReviewModel:
     def label(self, image_path: os.PathLike, output_dir: os.PathLike, top_percent: Optional[float] = None) -> tuple:
         """Write ``<output_dir>/<id>_label.nii.gz``, 1 on the top ``top_percent`` % (default the model's) of S(x) on
         the image's own grid (ties broken at random), and return ``(label path, result)``: ``predicted_class``,
-        ``class_names``, ``probabilities``, ``eigenvalues``, ``k``, ``rank`` and ``top_percent``."""
+        ``class_names``, ``probabilities``, ``eigenvalues``, ``k``, ``rank`` and ``top_percent``. A blank image (one
+        value everywhere in the file) gets an empty label and a ``note`` saying so."""
         top_percent = self.top_percent if top_percent is None else check_percent(top_percent)
         item = self.load(image_path)
         out = self.inferer(item["image"][None].to(self.device), self.network)
         sensitivity = out["x_sens"][0].abs().sum(0, keepdim=True)  # S(x), (1, *model grid)
         on_source = self.to_source_grid(item, {"sensitivity": sensitivity})["sensitivity"]
         values = torch.as_tensor(on_source).double()[None]  # (1, 1, *source spatial)
-        mask, _ = perturbation_masks(values, values, top_percent / 100, image_seeds(values, self.seed))
+        pixels = LoadImageCheckedd(keys="image")({"image": str(image_path)})["image"].as_tensor()  # as stored
+        blank = bool((pixels == pixels.flatten()[0]).all())  # nothing in it to be sensitive to
+        if blank:
+            mask = torch.zeros_like(values, dtype=torch.bool)
+        else:
+            mask, _ = perturbation_masks(values, values, top_percent / 100, image_seeds(values, self.seed))
         item["label"] = MetaTensor(mask[0].to(torch.uint8), meta=dict(on_source.meta))
         SaveOnSourceGridd(keys="label", output_dir=output_dir, dtype=np.uint8)(item)
         probs = out["probs"][0].tolist()
@@ -124,6 +130,8 @@ class ReviewModel:
                   "probabilities": dict(zip(self.class_names, probs)), "eigenvalues": out["eigenvalues"][0].tolist(),
                   "k": int(out["k"][0]), "rank": int(out["rank"][0]), "top_percent": top_percent,
                   "label_name": LABEL_NAME}
+        if blank:
+            result["note"] = "the image is blank (one value everywhere): no region is marked."
         return str(Path(output_dir) / f"{item['name']}_label.nii.gz"), result
 
     def maps(self, item: dict, methods: Optional[Sequence[str]] = None, background: Optional[torch.Tensor] = None
