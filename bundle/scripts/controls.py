@@ -241,6 +241,19 @@ class Control:
         raise NotImplementedError
 
 
+class FollowingControl(Control):
+    """A control that recomputes the maps of some of the study's methods (``methods``; None: every one): ``setup``
+    sets ``followed`` (their names, in the study's order) and ``followed_maps`` (the maps they return)."""
+
+    methods: Optional[List[str]] = None
+
+    def setup(self, study: StudySetup) -> None:
+        chosen = study.methods if self.methods is None else [m for m in study.methods if m.name in self.methods]
+        self.followed = [m.name for m in chosen]
+        self.followed_maps = [name for m in chosen for name in m.maps]
+        super().setup(study)
+
+
 def _alpha_keys(alphas: Sequence[float]) -> List[str]:
     return [f"{a:g}" for a in alphas]
 
@@ -953,7 +966,7 @@ class FGSMResult(Section):
                        for m, v in pearson.items()]), "", "![fgsm](fig4_fgsm_correlation.png)", ""]
 
 
-class EpsilonSweep(Control):
+class EpsilonSweep(FollowingControl):
     """FGSM at several ``epsilons`` beside a random-sign perturbation of each: per epsilon the share of predictions
     flipped, the mean change of the clean class's probability (how far the model's output moved) and each followed
     map's Pearson correlation with its clean map. One epsilon is a single setting; the sweep shows whether a map's
@@ -971,12 +984,6 @@ class EpsilonSweep(Control):
         if not len(epsilons):
             raise ValueError("an epsilon sweep needs at least one epsilon.")
         self.epsilons, self.methods = tuple(float(e) for e in epsilons), None if methods is None else list(methods)
-
-    def setup(self, study: StudySetup) -> None:
-        chosen = study.methods if self.methods is None else [m for m in study.methods if m.name in self.methods]
-        self.followed = [m.name for m in chosen]
-        self.followed_maps = [name for m in chosen for name in m.maps]
-        super().setup(study)
 
     def reset(self) -> None:
         # f"{epsilon:g}" -> perturbation ("fgsm" | "random sign") -> quantity ("flipped", "output change", map) -> []
@@ -1406,7 +1413,7 @@ class ModelRandomization(Control):
         return result
 
 
-class CascadingRandomization(Control):
+class CascadingRandomization(FollowingControl):
     """Cascading model randomization (Adebayo et al. 2018): the layers re-initialized one more at a time from the
     output down to the input (``scripts.metrics.cascade_layers``), and per step each map's Spearman correlation with
     the trained model's; a map that keeps its correlation while the layers that decide the class are random does
@@ -1423,12 +1430,6 @@ class CascadingRandomization(Control):
     def __init__(self, methods: Optional[Sequence[str]] = None):
         self.methods = None if methods is None else list(methods)
         self._steps: Optional[List[Tuple[str, nn.Module]]] = None
-
-    def setup(self, study: StudySetup) -> None:
-        chosen = study.methods if self.methods is None else [m for m in study.methods if m.name in self.methods]
-        self.followed = [m.name for m in chosen]
-        self.followed_maps = [name for m in chosen for name in m.maps]
-        super().setup(study)
 
     def reset(self) -> None:
         self.spearman: Dict[str, Dict[str, List[float]]] = {}  # step (layers so far) -> map -> per image
