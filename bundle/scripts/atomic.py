@@ -22,8 +22,8 @@ from typing import Iterable, Iterator, Optional, Sequence, Set
 import nibabel as nib
 import numpy as np
 
-__all__ = ["atomic_write", "write_csv", "append_csv_rows", "save_nifti", "new_run_dir", "temporary_prefix",
-           "remove_stale_temporaries", "format_suffix", "fit_name", "NAME_MAX", "is_run_dir_name"]
+__all__ = ["atomic_write", "write_csv", "append_csv_rows", "save_nifti", "nifti_affine", "new_run_dir",
+           "temporary_prefix", "remove_stale_temporaries", "format_suffix", "fit_name", "NAME_MAX", "is_run_dir_name"]
 
 
 def _umask() -> int:
@@ -186,14 +186,19 @@ def _remove_empty(folders: Sequence[Path]) -> None:
             folder.rmdir()  # only succeeds when empty
 
 
-def save_nifti(array: np.ndarray, path: os.PathLike, affine: Optional[np.ndarray] = None) -> None:
-    """A NIfTI file of exactly ``array``'s shape, written atomically; the suffix (``.nii`` / ``.nii.gz``) picks the
-    format. ``affine``: voxel to world, 4x4 (a smaller one, e.g. 3x3 for a 2D image, is embedded); default
-    identity."""
+def nifti_affine(affine: Optional[np.ndarray] = None) -> np.ndarray:
+    """The 4x4 voxel-to-world matrix a NIfTI file stores for ``affine``: 4x4 as given, a smaller one (e.g. 3x3 for
+    a 2D image) embedded; None: identity."""
     full = np.eye(4)
     if affine is not None:
         affine = np.asarray(affine, dtype=np.float64)
         n = affine.shape[0] - 1
         full[:n, :n], full[:n, 3] = affine[:n, :n], affine[:n, n]
+    return full
+
+
+def save_nifti(array: np.ndarray, path: os.PathLike, affine: Optional[np.ndarray] = None) -> None:
+    """A NIfTI file of exactly ``array``'s shape, written atomically; the suffix (``.nii`` / ``.nii.gz``) picks the
+    format. ``affine``: voxel to world (:func:`nifti_affine`)."""
     with atomic_write(path) as tmp:
-        nib.save(nib.Nifti1Image(array, full), str(tmp))
+        nib.save(nib.Nifti1Image(array, nifti_affine(affine)), str(tmp))

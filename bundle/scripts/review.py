@@ -33,7 +33,14 @@ from .bootstrap import bootstrap_interval
 from .checkpoints import load_checkpoint
 from .metrics import annotation_agreement, perturbation_masks
 from .seeding import image_seeds
-from .sources import InvertToSourced, LoadImageCheckedd, SaveOnSourceGridd, decode_shape, find_image_files
+from .sources import (
+    InvertToSourced,
+    LoadImageCheckedd,
+    SaveOnSourceGridd,
+    decode_shape,
+    find_image_files,
+    source_affine,
+)
 
 __all__ = ["ReviewModel", "score_annotations", "datastore_id", "check_percent", "check_label", "source_grid",
            "LABEL_NAME"]
@@ -155,20 +162,11 @@ def check_percent(value: float) -> float:
     return float(value)
 
 
-def _grid_affine(values: torch.Tensor) -> np.ndarray:
-    """The 4x4 voxel-to-world affine a map on its source's grid is written with (``SaveOnSourceGridd``)."""
-    meta = getattr(values, "meta", {})
-    affine = np.asarray(meta.get("original_affine", meta.get("affine", np.eye(4))), dtype=np.float64)
-    full, n = np.eye(4), affine.shape[0] - 1
-    full[:n, :n], full[:n, 3] = affine[:n, :n], affine[:n, n]
-    return full
-
-
 def source_grid(image_path: os.PathLike) -> tuple:
     """``(spatial shape, 4x4 affine)`` of an image file as the bundle's reader gives it: the grid its labels and
     maps are written on."""
     image = LoadImageCheckedd(keys="image")({"image": str(image_path)})["image"]
-    return decode_shape(image.meta["source_shape"]), _grid_affine(image)
+    return decode_shape(image.meta["source_shape"]), source_affine(image)
 
 
 def check_label(label_path: os.PathLike, image_path: os.PathLike) -> None:
@@ -248,7 +246,7 @@ def score_annotations(model: ReviewModel, studies_dir: os.PathLike, output_dir: 
         item = model.load(images[image_id])
         on_source = model.to_source_grid(item, model.maps(item, methods, background))
         shape = tuple(on_source[methods[0]].shape[1:])
-        mask = _read_label(label_path, shape, _grid_affine(on_source[methods[0]]))
+        mask = _read_label(label_path, shape, source_affine(on_source[methods[0]]))
         stacked = torch.stack([on_source[m] for m in methods]).double()  # (M, 1, *source spatial)
         scores = annotation_agreement(stacked, mask[None, None].expand_as(stacked))
         for i, method in enumerate(methods):

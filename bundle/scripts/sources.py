@@ -42,11 +42,11 @@ from monai.transforms import Invertd, InvertibleTransform, LoadImaged, MapTransf
 from monai.utils import TraceKeys
 from PIL import Image
 
-from .atomic import fit_name, is_run_dir_name, save_nifti
+from .atomic import fit_name, is_run_dir_name, nifti_affine, save_nifti
 
 __all__ = ["IMAGE_SUFFIXES", "is_dicom_file", "is_nifti_file", "find_image_files", "image_readers", "image_format",
            "LoadImageCheckedd", "DEFAULT_MAX_VOXELS", "header_voxels", "EnsureSpatialDimsd", "RefuseFlatImagesd",
-           "RowsColumnsd", "AsOwnGridd", "InvertToSourced", "SaveOnSourceGridd"]
+           "RowsColumnsd", "AsOwnGridd", "InvertToSourced", "source_affine", "SaveOnSourceGridd"]
 
 logger = logging.getLogger(__name__)
 
@@ -422,6 +422,13 @@ class InvertToSourced(Invertd):
         return d
 
 
+def source_affine(values) -> np.ndarray:
+    """The 4x4 voxel-to-world affine of the grid ``values`` (a map put back on its source's grid) lies on: the
+    reader's (``original_affine``), else its ``affine``, else identity; what :class:`SaveOnSourceGridd` writes."""
+    meta = getattr(values, "meta", {})
+    return nifti_affine(np.asarray(meta.get("original_affine", meta.get("affine", np.eye(4))), dtype=np.float64))
+
+
 class SaveOnSourceGridd(MapTransform):
     """Write each key as NIfTI ``<output_dir>/<name>_<key>.nii.gz`` on its source's grid: the array in the shape
     the reader gave the source (its ``source_shape`` meta; only singleton axes may differ, e.g. a (H, W, 1) slice)
@@ -463,6 +470,5 @@ class SaveOnSourceGridd(MapTransform):
             else:
                 raise ValueError(f"{key!r} of {d[self.name_key]} has shape {tuple(array.shape)}, not on its source's "
                                  f"grid {shape}: run InvertToSourced first.")
-            affine = np.asarray(meta.get("original_affine", meta.get("affine", np.eye(4))), dtype=np.float64)
-            save_nifti(array, self.path(d[self.name_key], str(key)), affine=affine)
+            save_nifti(array, self.path(d[self.name_key], str(key)), affine=source_affine(d[key]))
         return d
