@@ -95,3 +95,36 @@ def test_phantom_slice_and_dataset():
     for s in a:
         if s["label"]:
             assert s["mask"][(0, *s["signal_center"].long().tolist())] == 1
+
+
+def test_signal_shapes_have_their_widths_along_a_random_direction_and_their_own_label():
+    """An elongated signal's second moments (computed from the blob's pixels) are major^2 sigma^2 along one direction
+    and minor^2 sigma^2 across it; labels are 0 absent, 1 + the shape's index, about equally often with prob=None."""
+    shapes = ((1.0, 1.0), (2.0, 0.6))
+    t = InsertGaussianSignal(prob=None, amplitude_range=0.3, sigma=3.0, shapes=shapes).set_random_state(5)
+    size = 96
+    mask = torch.zeros(1, size, size)
+    mask[0, 40:56, 40:56] = 1
+    labels, directions = [], []
+    for _ in range(300):
+        out = t(torch.zeros(1, size, size), mask)
+        labels.append(t.label)
+        if not t.present:
+            assert t.label == 0 and torch.count_nonzero(out) == 0
+            continue
+        weights = out[0].double() / out[0].double().sum()
+        grid = torch.stack(torch.meshgrid(*[torch.arange(size, dtype=torch.float64)] * 2, indexing="ij"), -1)
+        mean = (weights[..., None] * grid).sum((0, 1))
+        centred = grid - mean
+        covariance = torch.einsum("ij,ijk,ijl->kl", weights, centred, centred).numpy()
+        variances = np.sort(np.linalg.eigvalsh(covariance))[::-1]
+        major, minor = shapes[t.label - 1]
+        np.testing.assert_allclose(variances, [(major * 3.0) ** 2, (minor * 3.0) ** 2], rtol=0.02)
+        np.testing.assert_allclose(mean.numpy(), t.center, atol=1e-6)
+        assert t.sigma == pytest.approx(max(major, minor) * 3.0)
+        if t.label == 2:
+            direction = np.linalg.eigh(covariance)[1][:, -1]
+            directions.append(abs(np.arctan2(direction[1], direction[0])) % np.pi)
+    counts = np.bincount(labels, minlength=3)
+    assert counts.min() > 70  # each of 3 classes expected 100 times
+    assert np.ptp(directions) > 2.0  # orientations drawn over the half circle, not one axis

@@ -52,6 +52,9 @@ from .bootstrap import (
     resampled_means,
     unit_bootstrap_weights,
 )
+from .borrowing import borrowed
+from .detectors import detector_scores, weighted_aurocs
+from .ifim import energy_k, ifim_decompose
 from .metrics import (
     Fill,
     cascade_layers,
@@ -78,7 +81,8 @@ __all__ = ["StudySetup", "StudyBatch", "StudyTotals", "Section", "Sections", "Co
            "ComplementVsImage", "Detectability", "SignalLocalization", "ModelRandomization", "PerturbationResult",
            "CurvesResult", "FGSMResult", "TopKOverlapResult", "ComplementResult", "DetectabilityResult",
            "LocalizationResult", "RandomizationResult", "CascadingRandomization", "CascadeResult",
-           "EpsilonSweep", "SweepResult"]
+           "EpsilonSweep", "SweepResult", "TrivialDetectors", "DetectorResult", "BeyondGradient",
+           "BeyondGradientResult"]
 
 SENSITIVE, COMPLEMENT = IFIM.maps  # S(x) and I(x): the maps the paper's claims are about
 GRADIENT = MAP_METHODS["vanilla_gradient"].maps[0]
@@ -127,7 +131,7 @@ class StudyBatch:
         if self.signal_center is None or self.signal_sigma is None:
             return None
         centers = torch.as_tensor(self.signal_center).to(self.x.device).view(len(self.x), -1)
-        return (self.y == 1) & (centers >= 0).all(1)
+        return (self.y >= 1) & (centers >= 0).all(1)  # label 0: signal absent; every other label a signal
 
 
 @dataclass
@@ -1173,7 +1177,8 @@ class ComplementResult(Section):
 
 class Detectability(Control):
     """Recall of the clean predictions over the positives whose signal amplitude falls in each bin of ``bins``, with
-    95 % unit-bootstrap intervals (an SKS/BKS detectability curve); empty without amplitudes."""
+    95 % unit-bootstrap intervals (an SKS/BKS detectability curve; a positive counts as detected when any signal
+    class, label >= 1, is predicted); empty without amplitudes."""
 
     accumulators = ("amplitudes",)
 
@@ -1190,10 +1195,10 @@ class Detectability(Control):
 
     def compute(self, totals: StudyTotals) -> "DetectabilityResult":
         amplitudes = np.asarray(self.amplitudes, dtype=np.float64)
-        positive = (totals.y.numpy() == 1) & np.isfinite(amplitudes) & (amplitudes > 0)
+        positive = (totals.y.numpy() >= 1) & np.isfinite(amplitudes) & (amplitudes > 0)
         if not positive.any() or len(self.bins) < 2:
             return DetectabilityResult({})
-        hits = (totals.clean.numpy() == 1).astype(np.float64)
+        hits = (totals.clean.numpy() >= 1).astype(np.float64)  # detected: any signal class predicted
         units = np.asarray(totals.units)
         bins = []
         for i, (low, high) in enumerate(zip(self.bins[:-1], self.bins[1:])):
@@ -1553,3 +1558,236 @@ class RandomizationResult(Section):
                 table(["map", "Spearman mean", "std", "images", "undefined"],
                       [[display_name(m), fmt(v["mean"]) + ci(intervals.get(m)), fmt(v["std"]), v["n"], v["n_undefined"]]
                        for m, v in per_map.items()]), "", "![randomization](fig_randomization.png)", ""]
+
+
+class TrivialDetectors(Control):
+    """Can the benchmark be solved without a classifier? The AUROC of each trivial detector
+    (:data:`scripts.detectors.TRIVIAL_DETECTORS`: the brightest pixel, the mean intensity) for the first class (signal
+    absent) against the others, beside the classifier's (its probability of any other class), each with a
+    cluster-bootstrap interval, and the paired interval of the classifier's AUROC minus each detector's. A benchmark
+    whose signal a trivial detector finds cannot tell maps apart: a map pointing at the brightest pixel would
+    "localise" it for free."""
+
+    accumulators = ("scores",)
+
+    def reset(self) -> None:
+        self.scores: Dict[str, List[float]] = {}
+
+    def update(self, batch: StudyBatch) -> None:
+        for name, values in detector_scores(batch.x).items():
+            self.scores.setdefault(name, []).extend(values.tolist())
+
+    def compute(self, totals: StudyTotals) -> "DetectorResult":
+        positive = totals.y.numpy() != 0
+        classifier = "classifier"
+        scores = {name: np.asarray(v) for name, v in self.scores.items()}
+        scores[classifier] = 1.0 - totals.clean_probabilities[:, 0].double().numpy()
+        auroc = {name: float(weighted_aurocs(v, positive)[0]) for name, v in scores.items()}
+        intervals: Dict[str, List[float]] = {}
+        minus: Dict[str, List[float]] = {}
+        if totals.weights is not None:
+            resampled = {name: weighted_aurocs(v, positive, totals.weights) for name, v in scores.items()}
+            intervals = {name: percentile_interval(v) for name, v in resampled.items()}
+            minus = {name: percentile_interval(resampled[classifier] - v) for name, v in resampled.items()
+                     if name != classifier}
+        return DetectorResult(auroc, intervals, minus, int(positive.sum()), int((~positive).sum()))
+
+
+@dataclass
+class DetectorResult(Section):
+    """``auroc[name]`` of each trivial detector and of the ``classifier`` for class 0 against the others, their
+    ``auroc_intervals``, and ``classifier_minus[detector]``: the paired interval of the classifier's AUROC minus the
+    detector's."""
+
+    auroc: Dict[str, float]
+    auroc_intervals: Dict[str, List[float]]
+    classifier_minus: Dict[str, List[float]]
+    n_positive: int
+    n_negative: int
+
+    def results(self) -> dict:
+        return {"trivial_detectors": {"auroc": self.auroc, "n_positive": self.n_positive,
+                                      "n_negative": self.n_negative}}
+
+    def intervals(self) -> Intervals:
+        return {"trivial_detectors": self.auroc_intervals, "classifier_auroc_minus": self.classifier_minus}
+
+    def _detectors(self) -> List[str]:
+        return [name for name in self.auroc if name != "classifier"]
+
+    def findings(self, sections: Sections) -> List[str]:
+        if not self.n_positive or not self.n_negative:
+            return []
+        parts = []
+        for name in self._detectors():
+            line = f"the {name} detector's AUROC is {fmt(self.auroc[name])}{ci(self.auroc_intervals.get(name))}"
+            if name in self.classifier_minus:
+                line += (f", the classifier's minus it {fmt(self.auroc['classifier'] - self.auroc[name])}"
+                         f"{ci(self.classifier_minus[name])} ({_sign_status(self.classifier_minus[name])})")
+            parts.append(line)
+        return [f"Trivial detectors (class 0 against the others): the classifier's AUROC is "
+                f"{fmt(self.auroc['classifier'])}{ci(self.auroc_intervals.get('classifier'))}; "
+                + "; ".join(parts) + "."]
+
+    def render(self, out: Path) -> List[str]:
+        if not self.n_positive or not self.n_negative:
+            return []
+        rows = [[name, fmt(self.auroc[name]) + ci(self.auroc_intervals.get(name)),
+                 "" if name == "classifier" else fmt(self.auroc["classifier"] - self.auroc[name])
+                 + ci(self.classifier_minus.get(name))] for name in ["classifier", *self._detectors()]]
+        return ["## Trivial detectors: can the task be solved without the classifier?", "",
+                f"AUROC for class 0 (signal absent) against the others, {self.n_negative} against {self.n_positive} "
+                "test images; the classifier scores an image by its probability of any other class. Ties count one "
+                "half (the expectation of breaking them at random). A detector near 0.5 cannot find the signal, so "
+                "a map that points at the brightest pixel gains nothing from it.", "",
+                table(["scorer", "AUROC", "classifier minus scorer (paired)"], rows), ""]
+
+
+def _sign_status(interval: Sequence[float]) -> str:
+    """What a paired interval of a difference says: above 0, below 0, within the tie margin or including 0."""
+    status = interval_status({"d": interval}, "d", 1.0)
+    return {"clear": "clear of 0, above", "other way": "clear of 0, below", "tie": "a tie",
+            None: "no interval"}.get(status, status)
+
+
+def _top_sets(maps: torch.Tensor, alpha: float, seeds: torch.Tensor) -> torch.Tensor:
+    return perturbation_masks(maps, maps, alpha, seeds)[0]
+
+
+class BeyondGradient(Control):
+    """What iFIM adds to a gradient: per image, the numerical rank of F(x) and K (eq. 13) at each of ``rhos``, and
+    the share of S(x)'s top-k pixels that are also top-k of the vanilla gradient of the predicted class
+    (|grad log p_c|) and of the gradient of each logit (|grad z_c|), at each of the study's fractions. For C = 2
+    every one of these maps is a multiple of one gradient; from C = 3 on, S mixes up to C - 1 directions.
+
+    Args:
+        rhos: energy thresholds of the K distribution (the paper: 0.9).
+    """
+
+    accumulators = ("ranks", "ks", "overlap")
+
+    def __init__(self, rhos: Sequence[float] = (0.5, 0.7, 0.9, 0.99)):
+        self.rhos = tuple(float(r) for r in rhos)
+
+    def reset(self) -> None:
+        self.ranks: List[int] = []
+        self.ks: Dict[str, List[int]] = {f"{r:g}": [] for r in self.rhos}
+        self.overlap: Dict[str, Dict[str, List[float]]] = {}
+
+    def _logit_gradients(self, batch: StudyBatch) -> torch.Tensor:
+        """``(C, B, 1, *spatial)``: |grad_x z_c| per class, summed over input channels."""
+        with borrowed(batch.model, grad=True):
+            x = batch.x.detach().clone().requires_grad_(True)
+            logits = batch.model(x)
+            grads = [torch.autograd.grad(logits[:, c].sum(), x, retain_graph=c < logits.shape[1] - 1)[0]
+                     for c in range(logits.shape[1])]
+        return torch.stack([g.detach().abs().sum(1, keepdim=True) for g in grads])
+
+    def update(self, batch: StudyBatch) -> None:
+        with batch.timed("iFIM beyond a gradient"):
+            result = ifim_decompose(batch.model, batch.x)
+            self.ranks += result.rank.tolist()
+            for rho in self.rhos:
+                self.ks[f"{rho:g}"] += energy_k(result.eigenvalues, result.rank, rho).tolist()
+            if SENSITIVE not in batch.maps:
+                return
+            references = {"vanilla gradient of the predicted class": batch.maps.get(GRADIENT)}
+            for c, grad in enumerate(self._logit_gradients(batch)):
+                references[f"gradient of logit {c}"] = grad
+            for alpha in self.study.alphas:
+                top_s = _top_sets(batch.maps[SENSITIVE], alpha, batch.seeds)
+                count = top_s.flatten(1).sum(1).double()
+                for name, reference in references.items():
+                    if reference is None:
+                        continue
+                    shared = (top_s & _top_sets(reference, alpha, batch.seeds)).flatten(1).sum(1).double()
+                    self.overlap.setdefault(name, {}).setdefault(f"{alpha:g}", []).extend((shared / count).tolist())
+
+    def compute(self, totals: StudyTotals) -> "BeyondGradientResult":
+        ranks = np.asarray(self.ranks, dtype=np.float64)
+
+        def summary(values) -> dict:
+            values = np.asarray(values, dtype=np.float64)
+            interval = (percentile_interval(resampled_means(values, totals.weights)) if totals.weights is not None
+                        else [math.nan, math.nan])
+            return {"mean": float(values.mean()) if values.size else math.nan, "interval": interval}
+
+        rank_counts = {str(int(r)): int((ranks == r).sum()) for r in np.unique(ranks)}
+        k_counts = {rho: {str(int(k)): int((np.asarray(v) == k).sum()) for k in np.unique(v)}
+                    for rho, v in self.ks.items()}
+        return BeyondGradientResult(
+            num_classes=totals.num_classes, n_images=len(ranks), rank_counts=rank_counts,
+            rank_at_least_2=summary(ranks >= 2), k_counts=k_counts,
+            k_at_least_2={rho: summary(np.asarray(v) >= 2) for rho, v in self.ks.items()},
+            overlap={name: {alpha: summary(v) for alpha, v in per_alpha.items()}
+                     for name, per_alpha in self.overlap.items()})
+
+
+@dataclass
+class BeyondGradientResult(Section):
+    """The rank and K distributions (``rank_counts``, ``k_counts[rho]``: value -> images), the shares of images with
+    rank >= 2 and K >= 2 and ``overlap[reference][alpha]``: the mean top-k overlap of S with each gradient map, each
+    ``{"mean", "interval"}``."""
+
+    files: ClassVar[Tuple[str, ...]] = ("ifim_rank_k.csv",)
+    num_classes: int
+    n_images: int
+    rank_counts: Dict[str, int]
+    rank_at_least_2: Dict[str, object]
+    k_counts: Dict[str, Dict[str, int]]
+    k_at_least_2: Dict[str, Dict[str, object]]
+    overlap: Dict[str, Dict[str, Dict[str, object]]]
+
+    def results(self) -> dict:
+        return {"ifim_rank_counts": self.rank_counts, "ifim_k_counts": self.k_counts,
+                "ifim_rank_at_least_2": self.rank_at_least_2, "ifim_k_at_least_2": self.k_at_least_2,
+                f"topk_overlap_{SENSITIVE}_vs_gradients": self.overlap}
+
+    def _share(self, summary: Mapping[str, object]) -> str:
+        return f"{fmt(100 * summary['mean'], 1)} %{ci(summary['interval'], scale=100)}"
+
+    def findings(self, sections: Sections) -> List[str]:
+        if not self.n_images:
+            return []
+        ks = "; ".join(f"rho {rho}: {self._share(v)}" for rho, v in self.k_at_least_2.items())
+        line = (f"What iFIM adds to a gradient ({self.num_classes} classes): F(x) has rank >= 2 on "
+                f"{self._share(self.rank_at_least_2)} of the test images, and S(x) mixes K >= 2 directions on "
+                f"{ks}.")
+        if self.overlap:
+            alpha = min(next(iter(self.overlap.values())), key=float)
+            means = {name: v[alpha] for name, v in self.overlap.items()}
+            lowest, highest = min(means, key=lambda n: means[n]["mean"]), max(means, key=lambda n: means[n]["mean"])
+            line += (f" At {_percent(alpha)} % of pixels, S's top-k set shares {fmt(means[highest]['mean'])}"
+                     f"{ci(means[highest]['interval'])} of its pixels with the top-k set of the {highest} (the most) "
+                     f"and {fmt(means[lowest]['mean'])}{ci(means[lowest]['interval'])} with that of the {lowest} "
+                     "(the least).")
+        perturbation = sections.find(PerturbationResult)
+        if perturbation is not None and perturbation.primary is not None:
+            tag, alpha = perturbation.primary["fill"], perturbation.primary["alpha"]
+            gap = perturbation.differences.get(tag, {}).get(alpha, {}).get(GRADIENT)
+            if gap is not None:
+                status = _sign_status(gap)
+                line += (" Whether that changes the perturbation result: at the primary endpoint iFIM's F1 ratio "
+                         f"minus the vanilla gradient's has the paired interval {ci(gap).strip()} ({status}).")
+        return [line]
+
+    def render(self, out: Path) -> List[str]:
+        if not self.n_images:
+            return []
+        values = sorted({int(v) for v in self.rank_counts} | {int(k) for c in self.k_counts.values() for k in c})
+        write_csv(out / "ifim_rank_k.csv", ["value", "rank", *[f"k_rho_{rho}" for rho in self.k_counts]],
+                  [[v, self.rank_counts.get(str(v), 0), *[c.get(str(v), 0) for c in self.k_counts.values()]]
+                   for v in values])
+        lines = ["## What iFIM adds to a gradient: rank, K and top-k overlap", "",
+                 f"Images by the numerical rank of F(x) and by K (eq. 13) at each rho ({self.n_images} test images, "
+                 f"{self.num_classes} classes: rank at most {self.num_classes - 1}).", "",
+                 table(["value", "rank", *[f"K at rho {rho}" for rho in self.k_counts]],
+                       [[v, self.rank_counts.get(str(v), 0), *[c.get(str(v), 0) for c in self.k_counts.values()]]
+                        for v in values]), ""]
+        if self.overlap:
+            alphas = list(next(iter(self.overlap.values())))
+            lines += ["Mean share of S(x)'s top-k pixels that are top-k of each gradient map (95 % intervals):", "",
+                      table(["gradient map", *[f"{_percent(a)} %" for a in alphas]],
+                            [[name, *[fmt(v[a]["mean"]) + ci(v[a]["interval"]) for a in alphas]]
+                             for name, v in self.overlap.items()]), ""]
+        return lines

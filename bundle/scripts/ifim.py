@@ -49,7 +49,7 @@ from torch import nn
 
 from .borrowing import borrowed
 
-__all__ = ["DEFAULT_RHO", "IFIMResult", "ifim_decompose", "fisher_quadratic", "predictive_probs", "HEADS",
+__all__ = ["DEFAULT_RHO", "IFIMResult", "ifim_decompose", "energy_k", "fisher_quadratic", "predictive_probs", "HEADS",
            "auto_chunk_size", "activation_bytes", "last_level_cache_bytes"]
 
 HEADS = ("softmax", "sigmoid")
@@ -200,7 +200,7 @@ def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
     return (evecs * evals.clamp_min(0).sqrt()[:, None, :]) @ evecs.transpose(1, 2)
 
 
-def _energy_k(eigenvalues: torch.Tensor, rank: torch.Tensor, rho: float) -> torch.Tensor:
+def energy_k(eigenvalues: torch.Tensor, rank: torch.Tensor, rho: float) -> torch.Tensor:
     """Smallest K with sum_{i<=K} lambda_i >= rho * sum_i lambda_i (eq. 13); 0 where the rank is 0. ``(B,)``."""
     cumulative = eigenvalues.cumsum(dim=1)
     total = cumulative[:, -1:]  # eigenvalues past the rank are exactly 0, so this is the last partial sum itself
@@ -355,7 +355,7 @@ def _decompose(model: Callable, x: torch.Tensor, rho: float, head: str, rtol: Op
     u_flat = coeffs @ d_flat  # (B, C, d)
     eigenvalues = nn.functional.pad(evals, (0, n_out - evals.shape[1]))
 
-    k = _energy_k(eigenvalues, rank, rho)
+    k = energy_k(eigenvalues, rank, rho)
     keep = torch.arange(n_out, device=k.device)[None, :] < k[:, None]
     x_vec = x.detach().reshape(batch, -1, 1).to(u_flat.dtype)
     proj = (u_flat @ x_vec) * keep[:, :, None].to(u_flat.dtype)  # u_i^T x for the leading k directions, (B, C, 1)

@@ -59,15 +59,30 @@ __all__ = ["gaussian_blob", "InsertGaussianSignal", "InsertGaussianSignald", "En
 Range = Union[float, Tuple[float, float]]
 
 
-def gaussian_blob(spatial_shape: Sequence[int], center: Sequence[float], sigma: float, amplitude: float,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``amplitude * exp(-|r - center|^2 / (2 sigma^2))`` on a voxel grid, shape ``spatial_shape`` (2D or 3D)."""
-    if sigma <= 0:
+def gaussian_blob(spatial_shape: Sequence[int], center: Sequence[float], sigma: Union[float, Sequence[float]],
+                  amplitude: float, dtype: torch.dtype = torch.float32,
+                  axes: Optional[np.ndarray] = None) -> torch.Tensor:
+    """``amplitude * exp(-sum_i (u_i . (r - center))^2 / (2 sigma_i^2))`` on a voxel grid, shape ``spatial_shape``
+    (2D or 3D): ``sigma`` one width, or one per principal axis ``u_i``, the columns of the rotation ``axes``
+    (default the grid's axes)."""
+    dims = len(spatial_shape)
+    sigmas = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (dims,))
+    if not np.all(sigmas > 0):
         raise ValueError(f"sigma must be positive, got {sigma}.")
-    axes = [torch.arange(n, dtype=torch.float64) - float(c) for n, c in zip(spatial_shape, center)]
-    grids = torch.meshgrid(*axes, indexing="ij")
-    squared = sum(g**2 for g in grids)
-    return (amplitude * torch.exp(-squared / (2.0 * sigma**2))).to(dtype)
+    rotation = torch.as_tensor(np.eye(dims) if axes is None else np.asarray(axes, np.float64))
+    offsets = [torch.arange(n, dtype=torch.float64) - float(c) for n, c in zip(spatial_shape, center)]
+    grid = torch.stack(torch.meshgrid(*offsets, indexing="ij"), dim=-1)  # (*spatial, dims)
+    squared = ((grid @ rotation) ** 2 / torch.as_tensor(sigmas) ** 2).sum(-1)
+    return (amplitude * torch.exp(-squared / 2.0)).to(dtype)
+
+
+def _random_rotation(dims: int, rng: np.random.RandomState) -> np.ndarray:
+    """A rotation drawn uniformly (Haar) from SO(dims): QR of a Gaussian matrix with the signs fixed."""
+    q, r = np.linalg.qr(rng.normal(size=(dims, dims)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
 
 
 def _as_range(value: Range, name: str) -> Tuple[float, float]:
@@ -88,41 +103,70 @@ def _spatial_mask(mask, spatial_shape: Tuple[int, ...]) -> np.ndarray:
     return mask_np
 
 
-class InsertGaussianSignal(RandomizableTransform):
-    """With probability ``prob``, add one Gaussian signal centred in the mask; otherwise leave the image as is.
+SignalShape = Tuple[float, float]
+ROUND: SignalShape = (1.0, 1.0)
 
-    After each call, ``present`` (bool), ``center`` (voxel coordinates), ``sigma`` and ``amplitude`` describe what
-    was inserted.
+
+class InsertGaussianSignal(RandomizableTransform):
+    """With probability ``prob``, add one Gaussian signal of one of ``shapes`` centred in the mask; otherwise leave
+    the image as is.
+
+    A shape is ``(major, minor)``: the signal's width is ``major * sigma`` along one axis, drawn in a uniformly
+    random direction, and ``minor * sigma`` across it; ``(1, 1)`` is the paper's round signal. After each call,
+    ``present`` (bool), ``shape_index`` (-1 when absent), ``center`` (voxel coordinates), ``sigma`` (the widest
+    width), ``widths`` and ``axes`` (the rotation whose columns they lie along) and ``amplitude`` describe what was
+    inserted.
 
     Args:
-        prob: probability of a signal-present image.
+        prob: probability of a signal-present image; None: ``len(shapes) / (len(shapes) + 1)``, so that absent and
+            each shape are equally likely.
         amplitude_range: ``(low, high)`` of the uniform amplitude, or one value.
         sigma: width in voxels, fixed, or ``(low, high)`` of a uniform draw.
+        shapes: the signal shapes, one drawn uniformly per signal-present image.
 
     Shapes: ``img (C, *spatial)``, ``mask (1, *spatial)`` or ``(*spatial)``, non-zero inside the white matter.
     """
 
-    def __init__(self, prob: float = 0.5, amplitude_range: Range = (0.1, 0.35), sigma: Range = 3.0):
-        RandomizableTransform.__init__(self, prob)
+    def __init__(self, prob: Optional[float] = 0.5, amplitude_range: Range = (0.1, 0.35), sigma: Range = 3.0,
+                 shapes: Sequence[SignalShape] = (ROUND,)):
+        self.shapes = tuple(tuple(float(v) for v in shape) for shape in shapes)
+        if not self.shapes or any(len(shape) != 2 or min(shape) <= 0 for shape in self.shapes):
+            raise ValueError(f"shapes must be one or more positive (major, minor) width factors, got {shapes}.")
+        RandomizableTransform.__init__(self, len(self.shapes) / (len(self.shapes) + 1) if prob is None else prob)
         self.amplitude_range = _as_range(amplitude_range, "amplitude_range")
         self.sigma_range = _as_range(sigma, "sigma")
         self.present = False
+        self.shape_index = -1
         self.center: Tuple[int, ...] = ()
         self.sigma = 0.0
+        self.widths: Tuple[float, ...] = ()
+        self.axes: Optional[np.ndarray] = None
         self.amplitude = 0.0
+
+    @property
+    def label(self) -> int:
+        """0 when absent, else 1 + the index of the inserted shape."""
+        return self.shape_index + 1
 
     def randomize(self, mask: np.ndarray) -> None:
         super().randomize(None)
         self.present = bool(self._do_transform)
         if not self.present:
-            self.center, self.sigma, self.amplitude = (), 0.0, 0.0
+            self.shape_index, self.center, self.sigma, self.widths, self.axes = -1, (), 0.0, (), None
+            self.amplitude = 0.0
             return
         voxels = np.argwhere(mask)
         if len(voxels) == 0:
             raise ValueError("the white-matter mask is empty: there is no voxel to centre the signal on.")
         self.center = tuple(int(v) for v in voxels[self.R.randint(len(voxels))])
         self.amplitude = float(self.R.uniform(*self.amplitude_range))
-        self.sigma = float(self.R.uniform(*self.sigma_range))
+        base = float(self.R.uniform(*self.sigma_range))
+        self.shape_index = int(self.R.randint(len(self.shapes))) if len(self.shapes) > 1 else 0
+        major, minor = self.shapes[self.shape_index]
+        dims = mask.ndim
+        self.widths = (major * base,) + (minor * base,) * (dims - 1)
+        self.axes = _random_rotation(dims, self.R) if major != minor else np.eye(dims)
+        self.sigma = max(self.widths)
 
     def __call__(self, img, mask, randomize: bool = True) -> torch.Tensor:
         img_t = convert_to_tensor(img, track_meta=False)
@@ -132,31 +176,31 @@ class InsertGaussianSignal(RandomizableTransform):
             self.randomize(mask_np)
         if not self.present:
             return img if isinstance(img, torch.Tensor) else img_t
-        blob = gaussian_blob(spatial, self.center, self.sigma, self.amplitude, dtype=img_t.dtype)
+        blob = gaussian_blob(spatial, self.center, self.widths, self.amplitude, dtype=img_t.dtype, axes=self.axes)
         return img + blob.to(img_t.device)[None]
 
 
 class InsertGaussianSignald(RandomizableTransform, MapTransform):
     """Dictionary version of :class:`InsertGaussianSignal`; one draw serves every key.
 
-    Writes ``data[label_key]`` (1 signal present, 0 absent) and, prefixed by ``meta_prefix``,
-    ``signal_center`` (float32 voxel coordinates, -1 when absent), ``signal_sigma`` and ``signal_amplitude``
-    (0 when absent), so localization metrics can find the signal.
+    Writes ``data[label_key]`` (0 signal absent, else 1 + the shape's index: 1 signal present for one shape) and,
+    prefixed by ``meta_prefix``, ``signal_center`` (float32 voxel coordinates, -1 when absent), ``signal_sigma``
+    (the widest width) and ``signal_amplitude`` (0 when absent), so localization metrics can find the signal.
 
     Args:
         keys: image keys to add the signal to.
         mask_key: key of the white-matter mask.
         label_key: key the label is written to.
-        prob, amplitude_range, sigma: as in :class:`InsertGaussianSignal`.
+        prob, amplitude_range, sigma, shapes: as in :class:`InsertGaussianSignal`.
         meta_prefix: prefix of the signal keys, default ``""``.
     """
 
     def __init__(self, keys: KeysCollection = "image", mask_key: str = "mask", label_key: str = "label",
-                 prob: float = 0.5, amplitude_range: Range = (0.1, 0.35), sigma: Range = 3.0, meta_prefix: str = "",
-                 allow_missing_keys: bool = False):
+                 prob: Optional[float] = 0.5, amplitude_range: Range = (0.1, 0.35), sigma: Range = 3.0,
+                 shapes: Sequence[SignalShape] = (ROUND,), meta_prefix: str = "", allow_missing_keys: bool = False):
         MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.inserter = InsertGaussianSignal(prob=prob, amplitude_range=amplitude_range, sigma=sigma)
+        self.inserter = InsertGaussianSignal(prob=prob, amplitude_range=amplitude_range, sigma=sigma, shapes=shapes)
+        RandomizableTransform.__init__(self, self.inserter.prob)
         self.mask_key, self.label_key, self.meta_prefix = mask_key, label_key, meta_prefix
 
     def set_random_state(self, seed: Optional[int] = None, state: Optional[np.random.RandomState] = None):
@@ -178,7 +222,7 @@ class InsertGaussianSignald(RandomizableTransform, MapTransform):
             d[key] = self.inserter(d[key], mask, randomize=False)
         ins = self.inserter
         center = ins.center if ins.present else (-1,) * len(spatial)
-        d[self.label_key] = int(ins.present)
+        d[self.label_key] = ins.label
         d[f"{self.meta_prefix}signal_center"] = torch.tensor(center, dtype=torch.float32)
         d[f"{self.meta_prefix}signal_sigma"] = float(ins.sigma)
         d[f"{self.meta_prefix}signal_amplitude"] = float(ins.amplitude)
@@ -307,19 +351,21 @@ def image_transforms(size: int = 256, keys: Sequence[str] = ("image",), track_me
 
 
 def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True, signal: bool = True,
-                   prob: float = 0.5, amplitude_range: Tuple[float, float] = (0.1, 0.35),
-                   sigma: Optional[Range] = None, seed_key: Optional[str] = "seed", track_meta: bool = False,
+                   prob: Optional[float] = None, amplitude_range: Tuple[float, float] = (0.1, 0.35),
+                   sigma: Optional[Range] = None, shapes: Sequence[SignalShape] = (ROUND,),
+                   seed_key: Optional[str] = "seed", track_meta: bool = False,
                    max_voxels: int = DEFAULT_MAX_VOXELS) -> Compose:
     """SKS/BKS MRI: a NIfTI slice (2D) or volume (3D) and its binary white-matter mask -> normalized image with, in
-    about ``prob`` of the samples, one Gaussian signal inside the (augmented) white matter.
+    about ``prob`` of the samples (None: absent and each of ``shapes`` equally often), one Gaussian signal inside
+    the (augmented) white matter.
 
     Steps: load image and mask; resize the longest side to ``size`` and pad to ``size^2`` (or ``size^3``), keeping
     the aspect; map the 0-99.5th intensity percentiles to [0, 1]; with ``augment``, background variability from a
     left-right flip, a small affine (rotation 0.1 rad, scale 5 %, shift 4 % of ``size``), a mild elastic deformation
     (2D) and intensity jitter (scale and shift 5 %); then the signal (:class:`InsertGaussianSignald`, sigma default
-    ``size / 24``). Random steps are seeded per entry through :class:`PerSampleSeedd` with ``seed_key``, so the
-    chain is deterministic per entry and ``CacheDataset`` can hold its outputs; ``seed_key=None`` draws afresh on
-    every call instead (on-the-fly augmentation, not cacheable).
+    ``size / 24``, label 0 absent, 1 + the shape's index present). Random steps are seeded per entry through
+    :class:`PerSampleSeedd` with ``seed_key``, so the chain is deterministic per entry and ``CacheDataset`` can hold
+    its outputs; ``seed_key=None`` draws afresh on every call instead (on-the-fly augmentation, not cacheable).
 
     With ``augment=False, signal=False`` it is the deterministic chain for one ``image`` (no mask) of any format,
     the model's view of a user's scan; ``track_meta`` then keeps the record ``Invertd`` needs.
@@ -344,7 +390,8 @@ def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True,
                          RandShiftIntensityd("image", offsets=0.05, prob=1.0)]
     if signal:
         random_steps.append(InsertGaussianSignald(keys="image", mask_key="mask", label_key="label", prob=prob,
-                                                  amplitude_range=amplitude_range, sigma=sigma or size / 24))
+                                                  amplitude_range=amplitude_range, sigma=sigma or size / 24,
+                                                  shapes=shapes))
     steps = [
         *_source_steps(keys, spatial_dims, max_voxels),
         RefuseFlatImagesd(keys, size),
