@@ -309,3 +309,141 @@ def test_earlier_runs_are_not_read_back_when_the_output_folder_is_the_input_fold
     files = find_image_files(tmp_path, exclude=[tmp_path])[0]
     assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a.png", "run-notes/b.png"]
     assert len(find_image_files(tmp_path)[0]) == 4  # not the output folder: every file is an input
+
+
+@pytest.mark.parametrize("name", ["SC_rgb.dcm", "SC_ybr_full_uncompressed.dcm", "US1_UNCR.dcm", "OBXXXX1A.dcm",
+                                  "gdcm-US-ALOKA-16.dcm"])
+def test_colour_and_palette_dicoms_read_as_the_picture_they_show(name):
+    """Real colour DICOMs of pydicom-data (RGB, YBR, ultrasound, palette): the model's gray input is the BT.601 luma
+    of what pydicom shows (the palette applied), rows x columns, not the palette indices or a 3-slice volume."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_color_lut
+
+    path = get_testdata_file(name)
+    dataset = pydicom.dcmread(path)
+    shown = dataset.pixel_array
+    if str(dataset.PhotometricInterpretation).upper() == "PALETTE COLOR":
+        shown = apply_color_lut(shown, dataset)
+    luma = shown[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    from scripts.sources import EnsureSpatialDimsd
+    from scripts.transforms import EnsureGrayscaled
+
+    image = Compose([LoadImageCheckedd("image"), EnsureSpatialDimsd("image"), RowsColumnsd("image"),
+                     EnsureGrayscaled("image")])({"image": path})["image"]
+    assert tuple(image.shape) == (1, *luma.shape)
+    np.testing.assert_allclose(image[0].numpy(), luma, rtol=1e-5, atol=1e-3)
+    if str(dataset.PhotometricInterpretation).upper() == "PALETTE COLOR":
+        assert _corr(image[0].numpy(), dataset.pixel_array) < 0.99  # not the indices
+
+
+def _pydicom_data_files():
+    """The compressed DICOMs of pydicom-data (JPEG baseline / lossless / 12-bit, JPEG-LS, JPEG 2000, RLE)."""
+    import glob
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    folder = Path(get_testdata_file("JPEG-LL.dcm")).parent
+    names = []
+    for path in sorted(glob.glob(str(folder / "*.dcm"))):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # OT-PAL-8-face has no preamble: the skip-reason test covers it
+            continue
+        if header.file_meta.TransferSyntaxUID.is_compressed and "too_short" not in path:
+            names.append(Path(path).name)
+    return names
+
+
+@pytest.mark.parametrize("name", _pydicom_data_files())
+def test_compressed_dicoms_read_as_pydicom_shows_them(name):
+    """Every compressed transfer syntax of pydicom-data decodes (the pinned pylibjpeg, openjpeg and CharLS plugins)
+    and reads as the independent reading: pydicom's pixels, modality LUT, MONOCHROME1 inverted, colour as luma;
+    a multi-frame file is refused as such."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_modality_lut
+
+    from scripts.sources import EnsureSpatialDimsd
+    from scripts.transforms import EnsureGrayscaled, InvertMonochrome1d
+
+    path = get_testdata_file(name)
+    dataset = pydicom.dcmread(path)
+    chain = Compose([LoadImageCheckedd("image"), EnsureSpatialDimsd("image"), RowsColumnsd("image"),
+                     InvertMonochrome1d("image"), EnsureGrayscaled("image")])
+    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        assert "is a volume or multi-frame series" in SkippingDataset([], chain).failure({"image": path})
+        return
+    shown = dataset.pixel_array.astype(np.float64)
+    if str(dataset.PhotometricInterpretation).upper() == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        shown = apply_color_lut(dataset.pixel_array, dataset).astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    elif int(dataset.get("SamplesPerPixel", 1)) > 1:
+        shown = shown[..., :3] @ np.array([0.299, 0.587, 0.114])
+    else:
+        shown = np.asarray(apply_modality_lut(shown, dataset), dtype=np.float64)
+        if str(dataset.PhotometricInterpretation).upper() == "MONOCHROME1":
+            shown = shown.max() + shown.min() - shown
+    image = chain({"image": path})["image"]
+    assert tuple(image.shape) == (1, *shown.shape)
+    np.testing.assert_allclose(image[0].numpy(), shown, rtol=1e-5, atol=1e-3 * max(1.0, np.abs(shown).max()))
+
+
+def test_a_skip_reason_keeps_every_line_of_the_error():
+    """pydicom lists the missing decoders on the lines after its first: a skip reason keeps them all."""
+    def raise_multiline(entry):
+        raise ValueError("cannot decode: all plugins are missing dependencies:\n    gdcm - requires gdcm\n"
+                         "    pylibjpeg - requires pylibjpeg\n")
+
+    dataset = SkippingDataset([{"image": "x", "name": "x"}], transform=raise_multiline)
+    assert list(dataset) == []
+    assert dataset.failure({"image": "x", "name": "x"}) == ("cannot decode: all plugins are missing dependencies: "
+                                                            "gdcm - requires gdcm pylibjpeg - requires pylibjpeg")
+
+
+def test_dicoms_without_preamble_or_image_are_read_or_named(tmp_path):
+    """pydicom-data's OT-PAL-8-face has no preamble and no file meta: found without a suffix too and read through
+    its palette; an RT plan (no pixels) is skipped with a reason saying so; a text file is no input."""
+    import shutil
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_color_lut
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from scripts.sources import EnsureSpatialDimsd
+    from scripts.transforms import EnsureGrayscaled
+
+    face = get_testdata_file("OT-PAL-8-face.dcm")
+    shutil.copy(face, tmp_path / "IM0001")
+    shutil.copy(face, tmp_path / "face.dcm")
+    shutil.copy(get_testdata_file("rtplan.dcm"), tmp_path / "plan.dcm")
+    (tmp_path / "README").write_text("scans exported by hand\n")
+    entries = folder_datalist(tmp_path)
+    assert [e["name"] for e in entries] == ["IM0001", "face.dcm", "plan.dcm"]
+    dataset = pydicom.dcmread(face, force=True)
+    dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    luma = apply_color_lut(dataset.pixel_array, dataset).astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    chain = Compose([LoadImageCheckedd("image"), EnsureSpatialDimsd("image"), RowsColumnsd("image"),
+                     EnsureGrayscaled("image")])
+    for entry in entries[:2]:
+        np.testing.assert_allclose(chain(dict(entry))["image"][0].numpy(), luma, rtol=1e-5, atol=1e-3)
+    reason = SkippingDataset([], chain).failure(entries[2])
+    assert "plan.dcm" in reason and "RTPLAN object without an image" in reason
+
+
+def test_the_pad_band_is_as_dark_as_the_darkest_pixel(tmp_path):
+    """A CT-like image whose darkest value is below 0 (JPEG2000_UNC's minimum is -30): the MRI chain pads it to a
+    square before scaling intensities, and the band must enter the model at the darkest pixel's level, not at 0."""
+    picture = (_picture(30, 44) - 70).astype(np.float32)  # values from about -30 up
+    assert picture.min() < 0
+    path = write_nifti(tmp_path / "ct.nii.gz", picture)
+    image = mri_transforms(size=32, augment=False, signal=False)({"image": str(path)})["image"][0]
+    assert tuple(image.shape) == (32, 32)  # 30 x 44 -> 22 x 32 along its longest side, padded by 5 lines each side
+    padded_axis = 0 if torch.cat([image[:5], image[-5:]]).std() == 0 else 1
+    band = torch.cat([image.movedim(padded_axis, 0)[:5], image.movedim(padded_axis, 0)[-5:]])
+    inside = image.movedim(padded_axis, 0)[5:-5]
+    assert float(band.std()) == 0 and float(inside.std()) > 0.1
+    assert float(band[0, 0]) == pytest.approx(float(inside.min()), abs=1e-6)

@@ -39,6 +39,7 @@ from monai.transforms import apply_transform
 from torch.utils.data import get_worker_info
 
 from .atomic import atomic_write, save_nifti
+from .errors import one_line
 from .sources import IMAGE_SUFFIXES as READABLE_SUFFIXES
 from .sources import find_image_files
 from .transforms import InsertGaussianSignald
@@ -497,8 +498,7 @@ class SkippingDataset(IterableDataset):
 
 
 def _reason(err: BaseException) -> str:
-    """The first line of the error a transform raised, under MONAI's "applying transform ..." wrappers."""
+    """The whole error a transform raised, on one line, under MONAI's "applying transform ..." wrappers."""
     while err.__cause__ is not None and str(err).startswith("applying transform"):
         err = err.__cause__
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    return one_line(err) or type(err).__name__

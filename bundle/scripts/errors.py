@@ -15,10 +15,16 @@ import traceback
 from pathlib import Path
 from typing import Iterator, List
 
-__all__ = ["install_error_summary", "error_summary"]
+__all__ = ["install_error_summary", "error_summary", "one_line"]
 
 # Messages of the layers that only wrap an error on its way up (MONAI's config resolver and Compose).
 WRAPPERS = ("Failed to evaluate", "Failed to instantiate", "applying transform", "Component to instantiate")
+
+
+def one_line(message: object) -> str:
+    """A whole message on one line (a CSV cell, a log line): its lines stripped and joined, none dropped, so a
+    reader's list of missing decoders survives."""
+    return " ".join(line.strip() for line in str(message).strip().splitlines() if line.strip())
 
 
 def _chain(err: BaseException) -> Iterator[BaseException]:

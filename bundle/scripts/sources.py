@@ -39,10 +39,11 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelReader, PILReader, PydicomReader
 from monai.transforms import Invertd, InvertibleTransform, LoadImaged, MapTransform
-from monai.utils import TraceKeys
+from monai.utils import MetaKeys, TraceKeys
 from PIL import Image
 
 from .atomic import fit_name, is_run_dir_name, nifti_affine, save_nifti
+from .errors import one_line
 
 __all__ = ["IMAGE_SUFFIXES", "is_dicom_file", "is_nifti_file", "find_image_files", "image_readers", "image_format",
            "LoadImageCheckedd", "DEFAULT_MAX_VOXELS", "header_voxels", "EnsureSpatialDimsd", "RefuseFlatImagesd",
@@ -65,14 +66,24 @@ def is_nifti_file(path: os.PathLike) -> bool:
 
 
 def is_dicom_file(path: os.PathLike) -> bool:
-    """A ``.dcm`` / ``.dicom`` suffix, or a DICOM Part 10 file whatever its name (``DICM`` after the preamble)."""
+    """A ``.dcm`` / ``.dicom`` suffix, a DICOM Part 10 file whatever its name (``DICM`` after the preamble), or a
+    file without any suffix whose header pydicom reads without a preamble and which holds an image (``Rows`` and
+    ``Columns``): older exports (``IM0001``) have no preamble."""
     if _has_suffix(path, DICOM_SUFFIXES):
         return True
     try:
         with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
+            if f.read(132)[128:] == b"DICM":
+                return True
     except OSError:
         return False
+    if "." in Path(path).name:
+        return False
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=["Rows", "Columns"])
+    except Exception:  # anything pydicom cannot parse is not DICOM
+        return False
+    return "Rows" in header and "Columns" in header
 
 
 def find_image_files(root: os.PathLike, exclude: Iterable[os.PathLike] = ()
@@ -140,19 +151,56 @@ def _pil_as_shown(image: Image.Image) -> Image.Image:
     return image
 
 
+def _is_colour(dataset) -> bool:
+    """A single-frame colour DICOM: RGB / YBR samples, or palette indices (read through the palette)."""
+    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        return False
+    photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
+    return photometric == "PALETTE COLOR" or int(dataset.get("SamplesPerPixel", 1) or 1) > 1
+
+
 class _DicomReader(PydicomReader):
     """MONAI's ``PydicomReader`` (which claims every file) restricted to DICOM files, by suffix or marker, so it
-    can sit beside the other readers."""
+    can sit beside the other readers, and reading a single-frame colour image as the picture it shows: palette
+    indices through the file's palette (``pydicom.pixels.apply_color_lut``), RGB and YBR samples (pydicom gives YBR
+    as RGB) as a colour axis, not a third spatial one; a file without preamble and file meta in the encoding it was
+    read in. MONAI's reader takes the samples axis of a (rows, columns, 3) array for depth and never applies a
+    palette."""
 
     def verify_suffix(self, filename) -> bool:
         names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
         return all(is_dicom_file(name) for name in names)
 
+    def _get_array_data(self, img, filename):
+        if "TransferSyntaxUID" not in getattr(img, "file_meta", {}):  # no preamble, no file meta: as it was read
+            from pydicom.dataset import FileMetaDataset
+            from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+            implicit, little = img.original_encoding
+            if not little:
+                raise ValueError("big-endian DICOM without file meta information: its pixels cannot be decoded")
+            img.file_meta = getattr(img, "file_meta", None) or FileMetaDataset()
+            img.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        if str(img.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
+
+            return apply_color_lut(img.pixel_array, img).astype(np.float32)
+        return super()._get_array_data(img, filename)
+
+    def get_data(self, data):
+        array, meta = super().get_data(data)
+        datasets = data if isinstance(data, list) else [data]
+        if len(datasets) == 1 and not isinstance(datasets[0], list) and _is_colour(datasets[0]) and array.ndim == 3:
+            meta[MetaKeys.SPATIAL_SHAPE] = tuple(array.shape[:2])
+            meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = -1
+        return array, meta
+
 
 def image_readers() -> Dict[str, object]:
     """The reader of each format :class:`LoadImageCheckedd` reads, in MONAI's default orientation conventions (the
     ones ITK and the viewers use): NIfTI as stored, PNG / JPEG / BMP and DICOM as (columns, rows)."""
-    return {"nifti": NibabelReader(), "raster": PILReader(converter=_pil_as_shown), "dicom": _DicomReader()}
+    return {"nifti": NibabelReader(), "raster": PILReader(converter=_pil_as_shown),
+            "dicom": _DicomReader(force=True)}  # force: DICOM files without a preamble
 
 
 def image_format(path: os.PathLike) -> str:
@@ -178,7 +226,10 @@ def header_voxels(path: os.PathLike) -> int:
         with Image.open(path) as image:
             shape = image.size
     else:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
+        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if "Rows" not in header or "Columns" not in header:
+            raise ValueError(f"it is a DICOM {header.get('Modality', '')} object without an image (no Rows and "
+                             "Columns: a plan, report or structure set), nothing to analyse".replace("  ", " "))
         shape = (int(header.Rows), int(header.Columns), int(header.get("NumberOfFrames", 1) or 1))
     return int(np.prod([int(s) for s in shape], dtype=np.int64))
 
@@ -211,14 +262,14 @@ class LoadImageCheckedd(LoadImaged):
             try:
                 voxels = header_voxels(path)
             except Exception as err:
-                raise ValueError(f"cannot read {key!r} file {path}: {str(err).strip().splitlines()[0]}") from err
+                raise ValueError(f"cannot read {key!r} file {path}: {one_line(err)}") from err
             if voxels > self.max_voxels:
                 raise ValueError(f"{key!r} file {path} claims {voxels} voxels, more than max_voxels={self.max_voxels}; "
                                  "raise max_voxels if the image is real.")
             try:
                 img = self._loader(path, reader or self.readers[image_format(path)])
             except Exception as err:
-                raise ValueError(f"cannot read {key!r} file {path}: {str(err).strip().splitlines()[0]}") from err
+                raise ValueError(f"cannot read {key!r} file {path}: {one_line(err)}") from err
             if isinstance(img, MetaTensor):
                 img.meta = _source_meta(img.meta)
             d[key] = img

@@ -280,7 +280,8 @@ class InvertMonochrome1(Transform):
         if not path or not is_dicom_file(path):
             return img
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PhotometricInterpretation"])
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PhotometricInterpretation"],
+                                     force=True)
         except Exception as err:  # pydicom raises several types for unreadable headers
             raise ValueError(f"cannot read the DICOM header of {path}: {err}") from err
         if str(header.get("PhotometricInterpretation", "")).upper() != "MONOCHROME1":
@@ -292,6 +293,21 @@ class InvertMonochrome1d(_EachKeyd):
     """Dictionary version of :class:`InvertMonochrome1`."""
 
     array_transform = InvertMonochrome1
+
+
+class ShiftMinimumToZero(Transform):
+    """``img - img.min()``: the darkest pixel at 0, so a zero pad added next is no brighter than the image (a CT
+    whose air is -1000 would otherwise get a pad brighter than its air). Percentile scaling from the minimum, which
+    follows, gives the same image either way. Written here: MONAI's ``ShiftIntensity`` takes a fixed offset."""
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return img - img.min() if img.numel() else img
+
+
+class ShiftMinimumToZerod(_EachKeyd):
+    """Dictionary version of :class:`ShiftMinimumToZero`."""
+
+    array_transform = ShiftMinimumToZero
 
 
 class PerSampleSeedd(Transform, ThreadUnsafe):
@@ -396,6 +412,7 @@ def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True,
         *_source_steps(keys, spatial_dims, max_voxels),
         RefuseFlatImagesd(keys, size),
         Resized(keys, spatial_size=size, size_mode="longest", mode=("area", "nearest")[:len(keys)]),
+        ShiftMinimumToZerod("image"),  # so that the zero pad is as dark as the darkest pixel (a CT's -1000)
         ResizeWithPadOrCropd(keys, spatial_size=spatial),
         ScaleIntensityRangePercentilesd("image", lower=0.0, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
     ]
