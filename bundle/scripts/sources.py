@@ -333,8 +333,14 @@ class EnsureSpatialDimsd(MapTransform):
                 img, spatial = img[..., 0], spatial[:-1]
             if len(spatial) != self.spatial_dims:
                 what = "a volume or multi-frame series" if len(spatial) > self.spatial_dims else "an image"
-                raise ValueError(f"{_source_of(d[key])} is {what} of shape {tuple(d[key].shape[1:])}; the model "
-                                 f"takes {self.spatial_dims}D images.")
+                shape = f"of shape {tuple(d[key].shape[1:])}"
+                source = _source_of(d[key])
+                if len(spatial) > self.spatial_dims and is_dicom_file(source):  # frames, rows x columns as stored
+                    header = pydicom.dcmread(source, stop_before_pixels=True, force=True)
+                    frames = int(header.get("NumberOfFrames", 1) or 1)
+                    if frames > 1:
+                        shape = f"of {frames} frames of {header.Rows} x {header.Columns} pixels"
+                raise ValueError(f"{source} is {what} {shape}; the model takes {self.spatial_dims}D images.")
             if not torch.isfinite(torch.as_tensor(img)).all():
                 raise ValueError(f"{_source_of(d[key])} holds NaN or Inf pixels.")
             if isinstance(img, MetaTensor):
