@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 venv="${IFIM_VENV:-.venv}"
 python="${PYTHON:-python3.11}"
-stamp="$venv/.ifim-installed-$(sha256sum setup.cfg pyproject.toml | sha256sum | cut -c1-16)"
+stamp="$venv/.ifim-installed-$(sha256sum setup.cfg pyproject.toml tools/setup.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ]; then
     exit 0
 fi
@@ -19,6 +19,13 @@ echo "[setup] installing the pinned dependencies of setup.cfg into $venv (about 
 if ! "$venv/bin/pip" install --disable-pip-version-check ".[test]" >"$venv/pip-install.log" 2>&1; then
     tail -n 40 "$venv/pip-install.log" >&2
     echo "[setup] pip install failed; full log: $venv/pip-install.log" >&2
+    exit 1
+fi
+# Test data nobody here made: the NIH ChestX-ray14 label files inside torchxrayvision's wheel, read as files. Its
+# dependencies are left out (its torchvision does not import beside this CPU torch); nothing imports it.
+if ! "$venv/bin/pip" install --disable-pip-version-check --no-deps "torchxrayvision==1.5.7" >>"$venv/pip-install.log" 2>&1; then
+    tail -n 20 "$venv/pip-install.log" >&2
+    echo "[setup] pip install of torchxrayvision (test data) failed; full log: $venv/pip-install.log" >&2
     exit 1
 fi
 rm -f "$venv"/.ifim-installed-*

@@ -6,7 +6,8 @@ Every builder returns a MONAI-style datalist ``{"training": [...], "validation":
 (``{"image": path, "label": int, ...}``), seeded and reproducible, and writes it as JSON when given a path.
 
 * :func:`build_oct_datalist`: Kermany OCT, ``{train,test}/{NORMAL,DRUSEN,CNV,DME}/*.jpeg``; DME excluded.
-* :func:`build_cxr_datalist`: NIH ChestX-ray14, ``Data_Entry_2017.csv`` and ``images_*/images/*.png``.
+* :func:`build_cxr_datalist`: NIH ChestX-ray14, ``Data_Entry_2017_v2020.csv`` (or the first release's
+  ``Data_Entry_2017.csv``) and ``images_*/images/*.png``.
 * :func:`build_hcp_datalist`: HCP-style subject folders with a T1w volume and a white-matter source.
 * :func:`build_sksbks_datalist`: the offline default, SKS/BKS on the MNI152 2009 templates inside nilearn's wheel.
 * :func:`phantom_dataset`: an in-memory procedural SKS/BKS phantom for tests and quick demonstrations.
@@ -23,13 +24,14 @@ one fixed image, as in the paper's fixed SKS/BKS set.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import json
 import logging
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
@@ -46,7 +48,8 @@ from .transforms import InsertGaussianSignald
 
 __all__ = ["phantom_slice", "phantom_dataset", "split_by_group", "write_datalist", "build_oct_datalist",
            "build_cxr_datalist", "build_hcp_datalist", "build_sksbks_datalist", "mni152_template_paths",
-           "folder_datalist", "SkippingDataset", "SPLITS", "OCT_CLASSES"]
+           "folder_datalist", "SkippingDataset", "SPLITS", "OCT_CLASSES", "NIH_CSV_NAMES", "read_nih_rows",
+           "cxr_label"]
 
 logger = logging.getLogger(__name__)
 
@@ -200,47 +203,74 @@ def build_oct_datalist(root: os.PathLike, per_class: Sequence[int] = (2000, 100,
     return _finish({split: datalist[split] for split in SPLITS}, output_json)
 
 
+NIH_CSV_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")  # the current release's name first
+
+
+def _nih_csv(root: Path, csv_name: Optional[str]) -> Path:
+    """The label file: ``csv_name`` under ``root``, or the first of :data:`NIH_CSV_NAMES` there (each also as
+    ``.csv.gz``)."""
+    names = [csv_name] if csv_name else [n + gz for n in NIH_CSV_NAMES for gz in ("", ".gz")]
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(f"NIH label file not found in {root}: looked for {', '.join(names)}; pass csv_name "
+                            "(--dataset_dir holds the release folder).")
+
+
+def read_nih_rows(csv_path: os.PathLike) -> Iterator[Dict[str, str]]:
+    """The rows of an NIH label file (``.csv`` or ``.csv.gz``), as dicts; the required columns checked."""
+    csv_path = Path(csv_path)
+    opener = gzip.open if csv_path.suffix == ".gz" else open
+    with opener(csv_path, "rt", newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM is not a column
+        reader = csv.DictReader(f)
+        required = {"Image Index", "Finding Labels", "Patient ID"}
+        if not required <= set(reader.fieldnames or ()):
+            raise ValueError(f"{csv_path} lacks the columns {sorted(required - set(reader.fieldnames or ()))}.")
+        yield from reader
+
+
+def cxr_label(findings: str, negative: str = "No Finding") -> Optional[int]:
+    """The cardiomegaly task's label of a "Finding Labels" cell: 1 with Cardiomegaly, 0 for a negative (``"No
+    Finding"`` only, or ``"any"`` image without cardiomegaly), None for an image the task leaves out."""
+    labels = findings.split("|")
+    if "Cardiomegaly" in labels:
+        return 1
+    return 0 if negative == "any" or labels == ["No Finding"] else None
+
+
 def build_cxr_datalist(root: os.PathLike, per_class: Sequence[int] = (800, 50, 70), seed: int = 0,
-                       negative: str = "No Finding", csv_name: str = "Data_Entry_2017.csv",
+                       negative: str = "No Finding", csv_name: Optional[str] = None,
                        output_json: Optional[os.PathLike] = None) -> Dict[str, List[dict]]:
     """NIH ChestX-ray14 cardiomegaly detection: label 1 if "Cardiomegaly" is among the finding labels, 0 for the
-    negatives, from ``root/Data_Entry_2017.csv`` and the PNGs anywhere under ``root`` (``images_*/images/``).
+    negatives, from the release's label file under ``root`` and the PNGs anywhere under ``root``
+    (``images_*/images/``).
 
     Args:
         root: the release folder.
         per_class: images per class for (training, validation, test); paper: 800, 50, 70.
         negative: ``"No Finding"`` (default: images with no finding at all) or ``"any"`` (every image without
             cardiomegaly, other findings allowed).
+        csv_name: the label file's name; None: ``Data_Entry_2017_v2020.csv`` (the current release), else
+            ``Data_Entry_2017.csv`` (the first), each also gzipped.
 
     Splits are patient-disjoint ("Patient ID"). Rows whose image is not on disk are skipped with a warning, so a
     partial copy works when it holds enough images.
     """
     root = _require_dir(root, "NIH ChestX-ray14 root")
-    csv_path = root / csv_name
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"NIH label file not found: {csv_path}")
+    csv_path = _nih_csv(root, csv_name)
     if negative not in ("No Finding", "any"):
         raise ValueError(f"negative must be 'No Finding' or 'any', got {negative!r}.")
     on_disk = {p.name: p for p in root.rglob("*.png")}
     items, missing = [], 0
-    with csv_path.open(newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark is not a column
-        reader = csv.DictReader(f)
-        required = {"Image Index", "Finding Labels", "Patient ID"}
-        if not required <= set(reader.fieldnames or ()):
-            raise ValueError(f"{csv_path} lacks the columns {sorted(required - set(reader.fieldnames or ()))}.")
-        for row in reader:
-            findings = row["Finding Labels"].split("|")
-            if "Cardiomegaly" in findings:
-                label = 1
-            elif negative == "any" or findings == ["No Finding"]:
-                label = 0
-            else:
-                continue
-            path = on_disk.get(row["Image Index"])
-            if path is None:
-                missing += 1
-                continue
-            items.append({"image": str(path), "label": label, "patient": row["Patient ID"]})
+    for row in read_nih_rows(csv_path):
+        label = cxr_label(row["Finding Labels"], negative)
+        if label is None:
+            continue
+        path = on_disk.get(row["Image Index"])
+        if path is None:
+            missing += 1
+            continue
+        items.append({"image": str(path), "label": label, "patient": row["Patient ID"]})
     if missing:
         logger.warning("%d images listed in %s are not under %s and were skipped.", missing, csv_path, root)
     datalist = split_by_group(items, _per_class_counts(per_class, (0, 1)), seed=seed)
