@@ -368,3 +368,24 @@ def test_cxr_builder_on_the_real_nih_label_file(tmp_path):
         assert [sum(e["label"] == c for e in datalist[split]) for c in (0, 1)] == [per_class[SPLITS.index(split)]] * 2
     groups = [{e["patient"] for e in datalist[s]} for s in SPLITS]
     assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+
+
+def test_cxr_boxed_patients_go_to_the_test_split(tmp_path):
+    """Patients with a radiologist's Cardiomegaly box are all in the test split (so maps can be scored against the
+    boxes); the splits stay patient-disjoint with their per-class counts; too many boxed images say what to raise."""
+    root = make_nih_cxr(tmp_path / "nih", _nih_rows())
+    boxes = tmp_path / "BBox_List_2017.csv"
+    boxes.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                     "00000003_000.png,Cardiomegaly,1,2,3,4\n00000007_001.png,Cardiomegaly,1,2,3,4\n"
+                     "00000005_000.png,Effusion,1,2,3,4\n00000099_000.png,Cardiomegaly,1,2,3,4\n")
+    datalist = build_cxr_datalist(root, per_class=(8, 2, 4), seed=0, boxed_in_test=boxes)
+    assert {"3", "7"} <= {e["patient"] for e in datalist["test"]}
+    boxed_images = [e for s in SPLITS for e in datalist[s] if e["patient"] in ("3", "7")]
+    assert boxed_images and all(e in datalist["test"] for e in boxed_images)
+    assert len([e for e in datalist["test"] if e["patient"] in ("3", "7")]) == 8  # 2 patients x (2 + 2) images
+    for split, n in zip(SPLITS, (8, 2, 4)):
+        assert [sum(e["label"] == c for e in datalist[split]) for c in (0, 1)] == [n, n]
+    groups = [{e["patient"] for e in datalist[s]} for s in SPLITS]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    with pytest.raises(ValueError, match="raise its count in per_class"):
+        build_cxr_datalist(root, per_class=(8, 2, 3), seed=0, boxed_in_test=boxes)

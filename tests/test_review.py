@@ -115,3 +115,50 @@ def test_bootstrap_interval_and_datastore_ids():
     assert mean == 0.5 and 0.3 < low < 0.5 < high < 0.7
     assert math.isnan(bootstrap_interval([0.7])[1]) and math.isnan(bootstrap_interval([math.nan])[0])
     assert [datastore_id(n) for n in ("a.nii.gz", "b.png", "c.d.jpg", "/x/y.nii")] == ["a", "b", "c.d", "y"]
+
+
+def test_nih_boxes_become_labels_on_the_image_grid(tmp_path):
+    """A box (x along columns, y down rows) on a non-square PNG becomes a label on the image's own grid: read back
+    with nibabel and put in rows x columns, it is exactly the box; a box list's other findings are left out."""
+    from scripts.review import boxes_to_labels, check_label
+
+    picture = np.zeros((40, 60), np.uint8)  # 40 rows, 60 columns
+    picture[5:15, 30:50] = 200
+    write_gray(tmp_path / "nih" / "images_001" / "images" / "00000001_000.png", picture)
+    write_gray(tmp_path / "nih" / "images_001" / "images" / "00000002_000.png", picture)
+    box_list = tmp_path / "BBox_List_2017.csv"
+    box_list.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                        "00000001_000.png,Cardiomegaly,30.0,5.0,20.0,10.0\n"
+                        "00000002_000.png,Effusion,1.0,1.0,5.0,5.0\n"
+                        "00000003_000.png,Cardiomegaly,1.0,1.0,5.0,5.0\n")
+    studies = tmp_path / "studies"
+    assert boxes_to_labels(box_list, tmp_path / "nih", studies) == ["00000001_000"]
+    label_path = studies / "labels" / "final" / "00000001_000.nii.gz"
+    label = np.asarray(nib.load(str(label_path)).dataobj)
+    assert label.shape == (60, 40)  # the reader's (columns, rows)
+    expected = np.zeros((40, 60), np.uint8)
+    expected[5:15, 30:50] = 1
+    np.testing.assert_array_equal(label.T, expected)
+    check_label(label_path, studies / "00000001_000.png")  # on the image's grid, affine included
+    assert not (studies / "labels" / "final" / "00000002_000.nii.gz").exists()
+
+
+def test_the_real_nih_box_list():
+    """The real BBox_List_2017.csv (torchxrayvision's wheel): 146 Cardiomegaly boxes of 128 patients, counted by an
+    independent reading."""
+    import csv
+    import gzip
+    import importlib.util
+
+    from scripts.review import read_nih_boxes
+
+    path = Path(list(importlib.util.find_spec("torchxrayvision").submodule_search_locations)[0]) / "data" / \
+        "BBox_List_2017.csv.gz"
+    with gzip.open(path, "rt", newline="") as f:
+        rows = [r for r in csv.reader(f)][1:]
+    cardiomegaly = [r for r in rows if r[1] == "Cardiomegaly"]
+    boxes = read_nih_boxes(path)
+    assert sum(len(v) for v in boxes.values()) == len(cardiomegaly) == 146
+    assert len({name.split("_")[0] for name in boxes}) == 128
+    first = cardiomegaly[0]
+    assert tuple(float(v) for v in first[2:6]) in boxes[first[0]]

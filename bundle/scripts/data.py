@@ -49,7 +49,7 @@ from .transforms import InsertGaussianSignald
 __all__ = ["phantom_slice", "phantom_dataset", "split_by_group", "write_datalist", "build_oct_datalist",
            "build_cxr_datalist", "build_hcp_datalist", "build_sksbks_datalist", "mni152_template_paths",
            "folder_datalist", "SkippingDataset", "SPLITS", "OCT_CLASSES", "NIH_CSV_NAMES", "read_nih_rows",
-           "cxr_label"]
+           "cxr_label", "read_nih_boxes"]
 
 logger = logging.getLogger(__name__)
 
@@ -238,8 +238,33 @@ def cxr_label(findings: str, negative: str = "No Finding") -> Optional[int]:
     return 0 if negative == "any" or labels == ["No Finding"] else None
 
 
+def read_nih_boxes(bbox_csv: os.PathLike, finding: str = "Cardiomegaly") -> Dict[str, List[tuple]]:
+    """``{image name: [(x, y, w, h), ...]}`` of one finding in NIH's ``BBox_List_2017.csv`` (``.gz`` too): x along
+    the columns and y down the rows of the 1024 x 1024 image, in pixels. Its header names the box columns once
+    (``Bbox [x,y,w,h]`` and three empty ones), so they are read by position."""
+    path = Path(bbox_csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"box list not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    boxes: Dict[str, List[tuple]] = {}
+    with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
+        rows = csv.reader(f)
+        header = next(rows, [])
+        if len(header) < 6 or header[0] != "Image Index":
+            raise ValueError(f"{path} is not an NIH box list: expected columns Image Index, Finding Label, "
+                             f"Bbox [x,y,w,h] (4 numbers); found {header[:6]}.")
+        for number, row in enumerate(rows, start=2):
+            if len(row) >= 6 and row[1] == finding:
+                try:
+                    boxes.setdefault(row[0], []).append(tuple(float(v) for v in row[2:6]))
+                except ValueError as err:
+                    raise ValueError(f"{path} line {number}: the box is not 4 numbers: {row[2:6]}") from err
+    return boxes
+
+
 def build_cxr_datalist(root: os.PathLike, per_class: Sequence[int] = (800, 50, 70), seed: int = 0,
                        negative: str = "No Finding", csv_name: Optional[str] = None,
+                       boxed_in_test: Optional[os.PathLike] = None,
                        output_json: Optional[os.PathLike] = None) -> Dict[str, List[dict]]:
     """NIH ChestX-ray14 cardiomegaly detection: label 1 if "Cardiomegaly" is among the finding labels, 0 for the
     negatives, from the release's label file under ``root`` and the PNGs anywhere under ``root``
@@ -252,6 +277,9 @@ def build_cxr_datalist(root: os.PathLike, per_class: Sequence[int] = (800, 50, 7
             cardiomegaly, other findings allowed).
         csv_name: the label file's name; None: ``Data_Entry_2017_v2020.csv`` (the current release), else
             ``Data_Entry_2017.csv`` (the first), each also gzipped.
+        boxed_in_test: NIH's ``BBox_List_2017.csv``: the patients with a Cardiomegaly box go to the test split
+            first (their images count towards its per-class numbers), so that their images can be scored against the
+            radiologists' boxes (:func:`scripts.review.boxes_to_labels`); the rest is split as usual.
 
     Splits are patient-disjoint ("Patient ID"). Rows whose image is not on disk are skipped with a warning, so a
     partial copy works when it holds enough images.
@@ -273,7 +301,21 @@ def build_cxr_datalist(root: os.PathLike, per_class: Sequence[int] = (800, 50, 7
         items.append({"image": str(path), "label": label, "patient": row["Patient ID"]})
     if missing:
         logger.warning("%d images listed in %s are not under %s and were skipped.", missing, csv_path, root)
-    datalist = split_by_group(items, _per_class_counts(per_class, (0, 1)), seed=seed)
+    counts = _per_class_counts(per_class, (0, 1))
+    if boxed_in_test is None:
+        return _finish(split_by_group(items, counts, seed=seed), output_json)
+    patient_of = {Path(item["image"]).name: item["patient"] for item in items}
+    boxed = {patient_of[name] for name in read_nih_boxes(boxed_in_test) if name in patient_of}
+    held = [item for item in items if item["patient"] in boxed]
+    for label in (0, 1):
+        have = sum(item["label"] == label for item in held)
+        if have > counts["test"][label]:
+            raise ValueError(f"the {len(boxed)} boxed patients have {have} images with label {label}, more than the "
+                             f"test split's {counts['test'][label]}: raise its count in per_class.")
+    rest = {split: dict(per_label) for split, per_label in counts.items()}
+    rest["test"] = {label: counts["test"][label] - sum(item["label"] == label for item in held) for label in (0, 1)}
+    datalist = split_by_group([item for item in items if item["patient"] not in boxed], rest, seed=seed)
+    datalist["test"] = held + datalist["test"]
     return _finish(datalist, output_json)
 
 

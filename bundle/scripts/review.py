@@ -8,6 +8,8 @@ the corrected labels become the reference standard every map of the evaluation i
   builds them (``ReviewModel.from_bundle`` reads it); ``label(image, output_dir)`` writes the top
   ``top_percent`` % of S(x) = |x_sens| as a 0/1 NIfTI with the shape and affine MONAI's reader gives the image, and
   returns the prediction, probabilities and iFIM spectrum.
+* :func:`boxes_to_labels`: radiologists' boxes (NIH ChestX-ray14's ``BBox_List_2017.csv``) as labels of such a
+  datastore, an independent reference standard for the CXR task.
 * :func:`score_annotations`: every map of the evaluation (``scripts.attribution.DEFAULT_STUDY_METHODS`` unless told
   otherwise) against the labels of a MONAI Label datastore
   (``<studies>/labels/<tag>/<image id>.nii.gz``): energy inside the annotation, pointing game and AUROC per image
@@ -27,10 +29,11 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
-from .atomic import atomic_write, write_csv
+from .atomic import atomic_write, save_nifti, write_csv
 from .attribution import compute_maps, map_names, select_methods
 from .bootstrap import bootstrap_interval
 from .checkpoints import load_checkpoint
+from .data import read_nih_boxes
 from .metrics import annotation_agreement, perturbation_masks
 from .seeding import image_seeds
 from .sources import (
@@ -42,8 +45,8 @@ from .sources import (
     source_affine,
 )
 
-__all__ = ["ReviewModel", "score_annotations", "datastore_id", "check_percent", "check_label", "source_grid",
-           "LABEL_NAME"]
+__all__ = ["boxes_to_labels", "ReviewModel", "score_annotations", "datastore_id", "check_percent",
+           "check_label", "source_grid", "LABEL_NAME"]
 
 logger = logging.getLogger(__name__)
 LABEL_NAME = "high_sensitivity"  # the label's one foreground class
@@ -277,3 +280,40 @@ def _summary_markdown(summary: Dict[str, Dict[str, tuple]], n_images: int, tag: 
     for method, values in summary.items():
         lines.append(f"| {method} | " + " | ".join(cell(values[k]) for k in SCORE_COLUMNS[2:]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def boxes_to_labels(bbox_csv: os.PathLike, images_root: os.PathLike, studies_dir: os.PathLike,
+                    finding: str = "Cardiomegaly", tag: str = "final") -> List[str]:
+    """Radiologists' boxes of ``finding`` as review labels: every boxed image found under ``images_root`` is copied
+    into ``studies_dir`` and its boxes written as ``labels/<tag>/<image id>.nii.gz``, 1 inside a box, on the image's
+    own grid (:func:`source_grid`: shape and affine as the bundle's reader gives the file), so that
+    :func:`score_annotations` scores every map against them. Returns the image ids written; boxed images not on
+    disk are counted in a warning."""
+    import shutil
+
+    boxes = read_nih_boxes(bbox_csv, finding)
+    if not boxes:
+        raise ValueError(f"{bbox_csv} has no {finding!r} box.")
+    on_disk = {p.name: p for p in Path(images_root).rglob("*") if p.name in boxes}
+    studies = Path(studies_dir)
+    (studies / "labels" / tag).mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in sorted(set(boxes) & set(on_disk)):
+        shape, affine = source_grid(on_disk[name])
+        if len(shape) != 2:
+            raise ValueError(f"{on_disk[name]} is not a 2D image (shape {shape}); boxes are drawn on 2D images.")
+        mask = np.zeros(shape, dtype=np.uint8)  # the reader's (columns, rows) order
+        for x, y, w, h in boxes[name]:
+            c0, c1 = max(0, int(math.floor(x))), min(shape[0], int(math.ceil(x + w)))
+            r0, r1 = max(0, int(math.floor(y))), min(shape[1], int(math.ceil(y + h)))
+            mask[c0:c1, r0:r1] = 1
+        image_id = name.rsplit(".", 1)[0]
+        with atomic_write(studies / name) as tmp:
+            shutil.copyfile(on_disk[name], tmp)
+        save_nifti(mask, studies / "labels" / tag / f"{image_id}.nii.gz", affine)
+        written.append(image_id)
+    missing = len(boxes) - len(written)
+    if missing:
+        logger.warning("%d of %d images with a %s box are not under %s and were left out.", missing, len(boxes),
+                       finding, images_root)
+    return written
