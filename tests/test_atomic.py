@@ -74,3 +74,28 @@ def test_an_unused_run_folder_is_removed_at_exit(tmp_path):
     first, second = run.stdout.split()
     assert first != second and first.startswith("run-") and second.startswith("run-")
     assert [p.name for p in (tmp_path / "out").iterdir()] == [second]  # the empty one is gone, the used one kept
+
+
+def test_an_output_folder_that_is_a_file_is_refused_up_front(tmp_path):
+    from scripts.atomic import require_writable_dir
+
+    (tmp_path / "report").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=r"report_dir .*report is a file, not a folder: pass --report_dir"):
+        require_writable_dir(tmp_path / "report", "report_dir")
+    assert require_writable_dir(tmp_path / "new" / "report", "report_dir").is_dir()
+
+
+def test_a_full_disk_names_the_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from scripts.atomic import atomic_write
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match=r"cannot write .*maps\.nii\.gz: No space left on device; free space"):
+        with atomic_write(tmp_path / "maps.nii.gz") as tmp:
+            tmp.write_bytes(b"x")
+    assert list(tmp_path.iterdir()) == []  # no temporary left behind

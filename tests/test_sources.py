@@ -449,3 +449,22 @@ def test_the_pad_band_is_as_dark_as_the_darkest_pixel(tmp_path):
     inside = image.movedim(padded_axis, 0)[5:-5]
     assert float(band.std()) == 0 and float(inside.std()) > 0.1
     assert float(band[0, 0]) == pytest.approx(float(inside.min()), abs=1e-6)
+
+
+def test_an_off_task_dicom_is_analysed_with_a_warning(caplog):
+    """An ultrasound (palette colour) given to the MRI model: analysed, with a warning naming the file, its
+    modality and the task's; an MR slice passes without one."""
+    import logging
+
+    from pydicom.data import get_testdata_file
+
+    from scripts.tasks import task_transforms
+
+    chain = task_transforms("sksbks", 32, evaluation=True)
+    ultrasound, mr = get_testdata_file("OBXXXX1A.dcm"), get_testdata_file("MR_small.dcm")
+    with caplog.at_level(logging.WARNING, logger="scripts.sources"):
+        assert chain({"image": ultrasound})["image"].shape == (1, 32, 32)
+        chain({"image": mr})
+    warnings = [r.getMessage() for r in caplog.records if r.name == "scripts.sources"]
+    assert len(warnings) == 1 and ultrasound in warnings[0]
+    assert "its Modality is US, the model's task 'sksbks' has MR images and it is a colour image" in warnings[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import csv
+import errno
 import glob
 import hashlib
 import io
@@ -23,7 +24,8 @@ import nibabel as nib
 import numpy as np
 
 __all__ = ["atomic_write", "write_csv", "append_csv_rows", "save_nifti", "nifti_affine", "new_run_dir",
-           "temporary_prefix", "remove_stale_temporaries", "format_suffix", "fit_name", "NAME_MAX", "is_run_dir_name"]
+           "temporary_prefix", "remove_stale_temporaries", "format_suffix", "fit_name", "NAME_MAX", "is_run_dir_name",
+           "require_writable_dir"]
 
 
 def _umask() -> int:
@@ -124,9 +126,32 @@ def atomic_write(path: os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: colleagues could not read a shared results folder
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):  # writers say "No space left on device" without the file
+            raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}; free space there or choose "
+                                     "another output folder") from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def require_writable_dir(path: os.PathLike, key: str) -> Path:
+    """Refuse, before any work, an output folder (the config's ``key``) that is a file or cannot be written,
+    naming both; create it when missing. Returns the folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{key} {path} is a file, not a folder: pass --{key} a folder.")
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise PermissionError(f"cannot write into {key} {path}: {err.strerror or err}; pass --{key} a folder "
+                              "you can write to.") from err
+    atexit.register(_remove_empty, created)
+    return path
 
 
 def write_csv(path: os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> None:

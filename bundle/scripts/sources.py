@@ -47,7 +47,8 @@ from .errors import one_line
 
 __all__ = ["IMAGE_SUFFIXES", "is_dicom_file", "is_nifti_file", "find_image_files", "image_readers", "image_format",
            "LoadImageCheckedd", "DEFAULT_MAX_VOXELS", "header_voxels", "EnsureSpatialDimsd", "RefuseFlatImagesd",
-           "RowsColumnsd", "AsOwnGridd", "InvertToSourced", "source_affine", "SaveOnSourceGridd"]
+           "RowsColumnsd", "AsOwnGridd", "InvertToSourced", "source_affine", "SaveOnSourceGridd",
+           "WarnOffTaskModalityd"]
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +233,44 @@ def header_voxels(path: os.PathLike) -> int:
                              "Columns: a plan, report or structure set), nothing to analyse".replace("  ", " "))
         shape = (int(header.Rows), int(header.Columns), int(header.get("NumberOfFrames", 1) or 1))
     return int(np.prod([int(s) for s in shape], dtype=np.int64))
+
+
+class WarnOffTaskModalityd(MapTransform):
+    """Warn, once per file, when a DICOM input is not of the kind the model was trained on: its ``Modality`` is not
+    one of ``modalities`` (an ultrasound given to an MRI model), or it is a colour image for a model of gray ones.
+    The model still answers, but its prediction and maps say nothing about the task; the warning says so. Runs on
+    the entry's file paths, before loading (the header only)."""
+
+    def __init__(self, keys: KeysCollection, modalities: Sequence[str], task: str, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.modalities = tuple(m.upper() for m in modalities)
+        self.task = task
+        self.warned: set = set()
+
+    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
+        for key in self.key_iterator(data):
+            path = data[key]
+            if not isinstance(path, (str, os.PathLike)) or str(path) in self.warned or not is_dicom_file(path):
+                continue
+            try:
+                header = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                                         specific_tags=["Modality", "SamplesPerPixel", "PhotometricInterpretation"])
+            except Exception:  # the loader names unreadable files
+                continue
+            modality = str(header.get("Modality", "")).upper()
+            colour = int(header.get("SamplesPerPixel", 1) or 1) > 1 or \
+                str(header.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR"
+            reasons = []
+            if modality and self.modalities and modality not in self.modalities:
+                reasons.append(f"its Modality is {modality}, the model's task {self.task!r} has "
+                               f"{'/'.join(self.modalities)} images")
+            if colour:
+                reasons.append("it is a colour image, the model was trained on gray ones")
+            if reasons:
+                self.warned.add(str(path))
+                logger.warning("%s: %s; the prediction and maps say nothing about the task.", path,
+                               " and ".join(reasons))
+        return dict(data)
 
 
 class LoadImageCheckedd(LoadImaged):

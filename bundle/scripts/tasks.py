@@ -29,7 +29,7 @@ from .data import (
     build_sksbks_datalist,
     folder_datalist,
 )
-from .sources import DEFAULT_MAX_VOXELS, AsOwnGridd
+from .sources import DEFAULT_MAX_VOXELS, AsOwnGridd, WarnOffTaskModalityd
 from .transforms import image_transforms, mri_transforms
 
 __all__ = ["Task", "TASKS", "PAPER_TABLE2", "get_task", "task_unit_key", "task_num_classes", "task_class_names",
@@ -62,6 +62,7 @@ class Task:
         needs_dataset: reads a user's local copy (``dataset_dir``); else built offline, with test images inference
             can run on without a folder.
         paper_column: its column of the paper's Table II (:data:`PAPER_TABLE2`).
+        modalities: the DICOM Modality codes of its images; a user's DICOM of another is analysed with a warning.
     """
 
     name: str
@@ -71,6 +72,7 @@ class Task:
     mri: bool
     needs_dataset: bool
     paper_column: str
+    modalities: Tuple[str, ...] = ("MR",)
 
     @property
     def num_classes(self) -> int:
@@ -95,10 +97,11 @@ TASKS: Dict[str, Task] = {task.name: task for task in (
         root, cache, seed=seed, output_json=out, **_per_split(counts)), mri=True, needs_dataset=True,
         paper_column="mri"),
     Task("oct", OCT_CLASSES, "patient", lambda root, cache, counts, seed, out: build_oct_datalist(
-        root, seed=seed, output_json=out, **_per_class(counts)), mri=False, needs_dataset=True, paper_column="oct"),
+        root, seed=seed, output_json=out, **_per_class(counts)), mri=False, needs_dataset=True, paper_column="oct",
+         modalities=("OPT", "OP")),
     Task("cxr", ("no cardiomegaly", "cardiomegaly"), "patient", lambda root, cache, counts, seed, out:
          build_cxr_datalist(root, seed=seed, output_json=out, **_per_class(counts)), mri=False, needs_dataset=True,
-         paper_column="cxr"),
+         paper_column="cxr", modalities=("CR", "DX")),
 )}
 
 
@@ -151,11 +154,13 @@ def task_transforms(task: str, size: int, evaluation: bool = False, max_voxels: 
     ``max_voxels``: files whose header claims more are refused before loading."""
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size must be a whole number of pixels, at least {MIN_IMAGE_SIZE}; got {size!r}.")
-    if get_task(task).mri:
-        if evaluation:
-            return mri_transforms(size=size, augment=False, signal=False, track_meta=True, max_voxels=max_voxels)
-        return mri_transforms(size=size, max_voxels=max_voxels)
-    return image_transforms(size=size, track_meta=evaluation, max_voxels=max_voxels)
+    record = get_task(task)
+    if not evaluation:
+        return mri_transforms(size=size, max_voxels=max_voxels) if record.mri else \
+            image_transforms(size=size, max_voxels=max_voxels)
+    chain = mri_transforms(size=size, augment=False, signal=False, track_meta=True, max_voxels=max_voxels) \
+        if record.mri else image_transforms(size=size, track_meta=True, max_voxels=max_voxels)
+    return Compose([WarnOffTaskModalityd("image", record.modalities, task), *chain.transforms])
 
 
 def inference_datalist(task: str, dataset_dir: Optional[os.PathLike], cache_dir: os.PathLike, n_images: int = 16,
