@@ -389,3 +389,26 @@ def test_cxr_boxed_patients_go_to_the_test_split(tmp_path):
     assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
     with pytest.raises(ValueError, match="raise its count in per_class"):
         build_cxr_datalist(root, per_class=(8, 2, 3), seed=0, boxed_in_test=boxes)
+
+
+def test_cxr_official_split_lists(tmp_path):
+    """official_split: the test split only from test_list.txt, training and validation only from
+    train_val_list.txt, patient-disjoint; a missing list is named."""
+    rows = _nih_rows()
+    root = make_nih_cxr(tmp_path / "nih", rows)
+    with pytest.raises(FileNotFoundError, match="train_val_list.txt"):
+        build_cxr_datalist(root, per_class=(4, 2, 2), official_split=True)
+    test_patients = {"0", "1", "2", "3"}
+    names = {p: [r["Image Index"] for r in rows if r["Patient ID"] == p and not r.get("missing")] for p in
+             {r["Patient ID"] for r in rows}}
+    (root / "test_list.txt").write_text("\n".join(n for p in test_patients for n in names[p]) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(n for p in names if p not in test_patients
+                                                       for n in names[p]) + "\n")
+    datalist = build_cxr_datalist(root, per_class=(6, 2, 4), seed=0, official_split=True)
+    assert {e["patient"] for e in datalist["test"]} <= test_patients
+    assert not {e["patient"] for s in ("training", "validation") for e in datalist[s]} & test_patients
+    for split, n in zip(SPLITS, (6, 2, 4)):
+        assert [sum(e["label"] == c for e in datalist[split]) for c in (0, 1)] == [n, n]
+    assert not ({e["patient"] for e in datalist["training"]} & {e["patient"] for e in datalist["validation"]})
+    with pytest.raises(ValueError, match="pass one of them"):
+        build_cxr_datalist(root, per_class=(6, 2, 4), official_split=True, boxed_in_test=root / "test_list.txt")

@@ -264,7 +264,7 @@ def read_nih_boxes(bbox_csv: os.PathLike, finding: str = "Cardiomegaly") -> Dict
 
 def build_cxr_datalist(root: os.PathLike, per_class: Sequence[int] = (800, 50, 70), seed: int = 0,
                        negative: str = "No Finding", csv_name: Optional[str] = None,
-                       boxed_in_test: Optional[os.PathLike] = None,
+                       boxed_in_test: Optional[os.PathLike] = None, official_split: bool = False,
                        output_json: Optional[os.PathLike] = None) -> Dict[str, List[dict]]:
     """NIH ChestX-ray14 cardiomegaly detection: label 1 if "Cardiomegaly" is among the finding labels, 0 for the
     negatives, from the release's label file under ``root`` and the PNGs anywhere under ``root``
@@ -280,6 +280,8 @@ def build_cxr_datalist(root: os.PathLike, per_class: Sequence[int] = (800, 50, 7
         boxed_in_test: NIH's ``BBox_List_2017.csv``: the patients with a Cardiomegaly box go to the test split
             first (their images count towards its per-class numbers), so that their images can be scored against the
             radiologists' boxes (:func:`scripts.review.boxes_to_labels`); the rest is split as usual.
+        official_split: draw the test split only from the release's ``test_list.txt`` and training and validation
+            only from its ``train_val_list.txt`` (both patient-wise), as results on the official split are reported.
 
     Splits are patient-disjoint ("Patient ID"). Rows whose image is not on disk are skipped with a warning, so a
     partial copy works when it holds enough images.
@@ -302,6 +304,21 @@ def build_cxr_datalist(root: os.PathLike, per_class: Sequence[int] = (800, 50, 7
     if missing:
         logger.warning("%d images listed in %s are not under %s and were skipped.", missing, csv_path, root)
     counts = _per_class_counts(per_class, (0, 1))
+    if official_split:
+        if boxed_in_test is not None:
+            raise ValueError("official_split and boxed_in_test both choose the test patients: pass one of them.")
+        lists = {name: root / name for name in ("train_val_list.txt", "test_list.txt")}
+        for path in lists.values():
+            if not path.is_file():
+                raise FileNotFoundError(f"official split list not found: {path} (official_split needs the release's "
+                                        "train_val_list.txt and test_list.txt).")
+        test_names = set(lists["test_list.txt"].read_text().split())
+        train_val_names = set(lists["train_val_list.txt"].read_text().split())
+        test_items = [item for item in items if Path(item["image"]).name in test_names]
+        other_items = [item for item in items if Path(item["image"]).name in train_val_names]
+        datalist = split_by_group(other_items, {k: counts[k] for k in ("training", "validation")}, seed=seed)
+        datalist["test"] = split_by_group(test_items, {"test": counts["test"]}, seed=seed)["test"]
+        return _finish(datalist, output_json)
     if boxed_in_test is None:
         return _finish(split_by_group(items, counts, seed=seed), output_json)
     patient_of = {Path(item["image"]).name: item["patient"] for item in items}
