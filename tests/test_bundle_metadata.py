@@ -63,3 +63,12 @@ def test_metadata_describes_the_model_its_task_record_defines():
     assert pred["num_channels"] == len(task.class_names)
     assert pred["channel_def"] == {str(i): name for i, name in enumerate(task.class_names)}
     assert metadata["label_classes"].startswith(", ".join(f"{i}: {n}" for i, n in enumerate(task.class_names)))
+
+
+def test_the_bundle_folder_carries_the_license_it_points_to():
+    """The model zoo downloads the bundle folder alone and its CI requires a LICENSE there: the same text as the
+    repository's (a copy, so a downloaded bundle has it; this keeps the two from drifting apart)."""
+    assert (ROOT / "bundle" / "LICENSE").read_bytes() == (ROOT / "LICENSE").read_bytes()
+    metadata = json.loads(META.read_text())
+    for package in ("pyyaml", "fire"):  # verify_net_in_out needs them (MONAI's bundle CLI and config parser)
+        assert package in metadata["required_packages_version"], package
