@@ -153,7 +153,8 @@ def _pil_as_shown(image: Image.Image) -> Image.Image:
 
 
 def _is_colour(dataset) -> bool:
-    """A single-frame colour DICOM: RGB / YBR samples, or palette indices (read through the palette)."""
+    """A single-frame colour DICOM (a dataset or a header): RGB / YBR samples, or palette indices (read through the
+    palette)."""
     if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
         return False
     photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
@@ -229,8 +230,9 @@ def header_voxels(path: os.PathLike) -> int:
     else:
         header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         if "Rows" not in header or "Columns" not in header:
-            raise ValueError(f"it is a DICOM {header.get('Modality', '')} object without an image (no Rows and "
-                             "Columns: a plan, report or structure set), nothing to analyse".replace("  ", " "))
+            kind = " ".join(filter(None, ("DICOM", str(header.get("Modality", "")))))
+            raise ValueError(f"it is a {kind} object without an image (no Rows and Columns: a plan, report or "
+                             "structure set), nothing to analyse")
         shape = (int(header.Rows), int(header.Columns), int(header.get("NumberOfFrames", 1) or 1))
     return int(np.prod([int(s) for s in shape], dtype=np.int64))
 
@@ -258,13 +260,11 @@ class WarnOffTaskModalityd(MapTransform):
             except Exception:  # the loader names unreadable files
                 continue
             modality = str(header.get("Modality", "")).upper()
-            colour = int(header.get("SamplesPerPixel", 1) or 1) > 1 or \
-                str(header.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR"
             reasons = []
             if modality and self.modalities and modality not in self.modalities:
                 reasons.append(f"its Modality is {modality}, the model's task {self.task!r} has "
                                f"{'/'.join(self.modalities)} images")
-            if colour:
+            if _is_colour(header):
                 reasons.append("it is a colour image, the model was trained on gray ones")
             if reasons:
                 self.warned.add(str(path))
