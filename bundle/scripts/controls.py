@@ -1066,6 +1066,16 @@ class SweepResult(Section):
                 table(["perturbation", "quantity"] + [f"epsilon {e}" for e in epsilons], rows), ""]
 
 
+def _top_set(maps: torch.Tensor, alpha: float, seeds: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(B, 1, *spatial)``: each map's top-k pixels (k at ``alpha``, ties broken at random per image)."""
+    return perturbation_masks(maps, maps, alpha, seeds)[0]
+
+
+def _share_in(top: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` share of the pixels of the sets ``top`` that are also in ``other``."""
+    return (top & other).flatten(1).sum(1).double() / top.flatten(1).sum(1).double()
+
+
 class TopKOverlap(Control):
     """For C = 2: the share of the top-k pixels of S(x) that are also top-k of the vanilla gradient (all of them in
     exact arithmetic: for a binary softmax both maps are multiples of |grad(z_1 - z_0)|)."""
@@ -1080,10 +1090,8 @@ class TopKOverlap(Control):
             return
         with batch.timed("localization and overlap"):
             for alpha in self.study.alphas:
-                top_s, _ = perturbation_masks(batch.maps[SENSITIVE], batch.maps[SENSITIVE], alpha, batch.seeds)
-                top_g, _ = perturbation_masks(batch.maps[GRADIENT], batch.maps[GRADIENT], alpha, batch.seeds)
-                overlap = (top_s & top_g).flatten(1).sum(1).double() / top_s.flatten(1).sum(1).double()
-                self.overlap[alpha] += overlap.tolist()
+                top_s, top_g = (_top_set(batch.maps[m], alpha, batch.seeds) for m in (SENSITIVE, GRADIENT))
+                self.overlap[alpha] += _share_in(top_s, top_g).tolist()
 
     def compute(self, totals: StudyTotals) -> "TopKOverlapResult":
         return TopKOverlapResult({f"{a:g}": float(np.mean(v)) for a, v in self.overlap.items() if v})
@@ -1650,10 +1658,6 @@ def _sign_status(interval: Sequence[float]) -> str:
             None: "no interval"}.get(status, status)
 
 
-def _top_sets(maps: torch.Tensor, alpha: float, seeds: torch.Tensor) -> torch.Tensor:
-    return perturbation_masks(maps, maps, alpha, seeds)[0]
-
-
 class BeyondGradient(Control):
     """What iFIM adds to a gradient: per image, the numerical rank of F(x) and K (eq. 13) at each of ``rhos``, and
     the share of S(x)'s top-k pixels that are also top-k of the vanilla gradient of the predicted class
@@ -1695,13 +1699,12 @@ class BeyondGradient(Control):
             for c, grad in enumerate(self._logit_gradients(batch)):
                 references[f"gradient of logit {c}"] = grad
             for alpha in self.study.alphas:
-                top_s = _top_sets(batch.maps[SENSITIVE], alpha, batch.seeds)
-                count = top_s.flatten(1).sum(1).double()
+                top_s = _top_set(batch.maps[SENSITIVE], alpha, batch.seeds)  # once for every reference
                 for name, reference in references.items():
                     if reference is None:
                         continue
-                    shared = (top_s & _top_sets(reference, alpha, batch.seeds)).flatten(1).sum(1).double()
-                    self.overlap.setdefault(name, {}).setdefault(f"{alpha:g}", []).extend((shared / count).tolist())
+                    shared = _share_in(top_s, _top_set(reference, alpha, batch.seeds))
+                    self.overlap.setdefault(name, {}).setdefault(f"{alpha:g}", []).extend(shared.tolist())
 
     def compute(self, totals: StudyTotals) -> "BeyondGradientResult":
         ranks = np.asarray(self.ranks, dtype=np.float64)
