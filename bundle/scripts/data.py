@@ -217,11 +217,16 @@ def _nih_csv(root: Path, csv_name: Optional[str]) -> Path:
                             "(--dataset_dir holds the release folder).")
 
 
+def _open_csv(path: Path):
+    """A ``.csv`` or ``.csv.gz`` file opened as text for the ``csv`` module; a spreadsheet's byte-order mark is not
+    read as part of the first column's name."""
+    return (gzip.open if path.suffix == ".gz" else open)(path, "rt", newline="", encoding="utf-8-sig")
+
+
 def read_nih_rows(csv_path: os.PathLike) -> Iterator[Dict[str, str]]:
     """The rows of an NIH label file (``.csv`` or ``.csv.gz``), as dicts; the required columns checked."""
     csv_path = Path(csv_path)
-    opener = gzip.open if csv_path.suffix == ".gz" else open
-    with opener(csv_path, "rt", newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM is not a column
+    with _open_csv(csv_path) as f:
         reader = csv.DictReader(f)
         required = {"Image Index", "Finding Labels", "Patient ID"}
         if not required <= set(reader.fieldnames or ()):
@@ -245,9 +250,8 @@ def read_nih_boxes(bbox_csv: os.PathLike, finding: str = "Cardiomegaly") -> Dict
     path = Path(bbox_csv)
     if not path.is_file():
         raise FileNotFoundError(f"box list not found: {path}")
-    opener = gzip.open if path.suffix == ".gz" else open
     boxes: Dict[str, List[tuple]] = {}
-    with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
+    with _open_csv(path) as f:
         rows = csv.reader(f)
         header = next(rows, [])
         if len(header) < 6 or header[0] != "Image Index":
@@ -324,13 +328,13 @@ def build_cxr_datalist(root: os.PathLike, per_class: Sequence[int] = (800, 50, 7
     patient_of = {Path(item["image"]).name: item["patient"] for item in items}
     boxed = {patient_of[name] for name in read_nih_boxes(boxed_in_test) if name in patient_of}
     held = [item for item in items if item["patient"] in boxed]
-    for label in (0, 1):
-        have = sum(item["label"] == label for item in held)
+    held_counts = {label: sum(item["label"] == label for item in held) for label in (0, 1)}
+    for label, have in held_counts.items():
         if have > counts["test"][label]:
             raise ValueError(f"the {len(boxed)} boxed patients have {have} images with label {label}, more than the "
                              f"test split's {counts['test'][label]}: raise its count in per_class.")
     rest = {split: dict(per_label) for split, per_label in counts.items()}
-    rest["test"] = {label: counts["test"][label] - sum(item["label"] == label for item in held) for label in (0, 1)}
+    rest["test"] = {label: counts["test"][label] - have for label, have in held_counts.items()}
     datalist = split_by_group([item for item in items if item["patient"] not in boxed], rest, seed=seed)
     datalist["test"] = held + datalist["test"]
     return _finish(datalist, output_json)
