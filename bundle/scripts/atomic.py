@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Set
+from typing import Iterable, Iterator, List, Optional, Sequence, Set
 
 import nibabel as nib
 import numpy as np
@@ -142,15 +142,13 @@ def require_writable_dir(path: os.PathLike, key: str) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{key} {path} is a file, not a folder: pass --{key} a folder.")
-    created = [p for p in (path, *path.parents) if not p.exists()]
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        atexit.register(_remove_empty, _make_dirs(path))
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
         raise PermissionError(f"cannot write into {key} {path}: {err.strerror or err}; pass --{key} a folder "
                               "you can write to.") from err
-    atexit.register(_remove_empty, created)
     return path
 
 
@@ -189,8 +187,7 @@ def new_run_dir(output_dir: os.PathLike, prefix: str = "run") -> Path:
     the files of two runs never mix. Folders this created (the run folder, and ``output_dir`` when it was missing)
     are removed again at exit if they are still empty, so a run that fails before writing leaves nothing behind."""
     output_dir = Path(output_dir)
-    created = [p for p in (output_dir, *output_dir.parents) if not p.exists()]
-    output_dir.mkdir(parents=True, exist_ok=True)
+    created = _make_dirs(output_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for attempt in range(1, 10000):
         path = output_dir / (f"{prefix}-{stamp}" if attempt == 1 else f"{prefix}-{stamp}-{attempt}")
@@ -203,6 +200,13 @@ def new_run_dir(output_dir: os.PathLike, prefix: str = "run") -> Path:
         raise FileExistsError(f"no free run folder name under {output_dir}")
     atexit.register(_remove_empty, [path, *created])
     return path
+
+
+def _make_dirs(path: Path) -> List[Path]:
+    """``mkdir -p path``; returns the folders it created, innermost first (for :func:`_remove_empty`)."""
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    return created
 
 
 def _remove_empty(folders: Sequence[Path]) -> None:
