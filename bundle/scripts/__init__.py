@@ -10,8 +10,9 @@ from importlib import import_module
 
 _PUBLIC = {
     "attribution": ("MAP_METHODS", "MAPS", "DEFAULT_STUDY_METHODS", "attribute", "compute_maps"),
-    "data": ("build_cxr_datalist", "build_hcp_datalist", "build_oct_datalist", "build_sksbks_datalist",
-             "folder_datalist", "phantom_dataset", "phantom_slice", "write_datalist", "SkippingDataset"),
+    "data": ("build_cxr_datalist", "build_hcp_datalist", "build_oct_datalist", "build_simulated_datalist",
+             "build_sksbks_datalist", "folder_datalist", "phantom_dataset", "phantom_slice", "write_datalist",
+             "SkippingDataset"),
     "handlers": ("AttributionStudyHandler", "IFIMCSVSaver", "IFIMHandler", "InputProgressBar"),
     "ifim": ("IFIMResult", "fisher_quadratic", "ifim_decompose", "predictive_probs"),
     "inferers": ("IFIMInferer", "SelectOutput"),
@@ -20,9 +21,10 @@ _PUBLIC = {
     "sources": ("AsOwnGridd", "EnsureSpatialDimsd", "InvertToSourced", "LoadImageCheckedd", "RowsColumnsd",
                 "SaveOnSourceGridd"),
     "study": ("AttributionStudy", "StudyResults"),
+    "subjects": ("SimulateSubject", "SubjectSettings"),
     "tasks": ("TASKS", "Task"),
-    "transforms": ("EnsureGrayscaled", "InsertGaussianSignal", "InsertGaussianSignald", "InvertMonochrome1d",
-                   "PerSampleSeedd", "gaussian_blob", "image_transforms", "mri_transforms"),
+    "transforms": ("EnsureGrayscaled", "InsertGaussianSignal", "InsertGaussianSignald", "InsertLumpsd",
+                   "InvertMonochrome1d", "PerSampleSeedd", "gaussian_blob", "image_transforms", "mri_transforms"),
     "visualize": ("SaveDecompositionFigured",),
 }
 _MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}

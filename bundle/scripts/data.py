@@ -10,12 +10,13 @@ Every builder returns a MONAI-style datalist ``{"training": [...], "validation":
   ``Data_Entry_2017.csv``) and ``images_*/images/*.png``.
 * :func:`build_hcp_datalist`: HCP-style subject folders with a T1w volume and a white-matter source.
 * :func:`build_sksbks_datalist`: the offline default, SKS/BKS on the MNI152 2009 templates inside nilearn's wheel.
+* :func:`build_simulated_datalist`: simulated subjects warped from the same templates (the ``polarity`` task).
 * :func:`phantom_dataset`: an in-memory procedural SKS/BKS phantom for tests and quick demonstrations.
 * :func:`folder_datalist` and :class:`SkippingDataset`: a user's folder of scans for inference, where a file that
   cannot be read is skipped with a warning instead of ending the run.
 
-Splits never share a patient (OCT, CXR) or subject (HCP); the MNI default has one brain, so its splits use
-disjoint blocks of axial slices instead. The MRI builders cut axial slices once into small 2D NIfTI files under a
+Splits never share a patient (OCT, CXR) or subject (HCP, simulated); the MNI default has one brain, so its splits
+use disjoint blocks of axial slices instead. The MRI builders cut axial slices once into small 2D NIfTI files under a
 cache folder (loading a whole volume per sample would dominate training time); each entry carries its own
 ``seed``, which :func:`scripts.transforms.mri_transforms` uses for augmentation and the signal, so every entry is
 one fixed image, as in the paper's fixed SKS/BKS set.
@@ -44,10 +45,12 @@ from .atomic import atomic_write, save_nifti
 from .errors import one_line
 from .sources import IMAGE_SUFFIXES as READABLE_SUFFIXES
 from .sources import find_image_files
+from .subjects import SimulateSubject, SubjectSettings
 from .transforms import InsertGaussianSignald
 
 __all__ = ["phantom_slice", "phantom_dataset", "split_by_group", "write_datalist", "build_oct_datalist",
-           "build_cxr_datalist", "build_hcp_datalist", "build_sksbks_datalist", "mni152_template_paths",
+           "build_cxr_datalist", "build_hcp_datalist", "build_sksbks_datalist", "build_simulated_datalist",
+           "mni152_template_paths",
            "folder_datalist", "SkippingDataset", "SPLITS", "OCT_CLASSES", "NIH_CSV_NAMES", "read_nih_rows",
            "cxr_label", "read_nih_boxes"]
 
@@ -508,6 +511,82 @@ def build_sksbks_datalist(cache_dir: os.PathLike, counts: Sequence[int] = (8904,
     groups = _spread_slice_blocks(list(records), block, guard, seed)
     datalist = {split: _slice_entries([records[z] for z in sorted(groups[split])], n, seed + i)
                 for i, (split, n) in enumerate(zip(SPLITS, counts))}
+    return _finish(datalist, output_json)
+
+
+def _subject_seed(seed: int, index: int) -> int:
+    """Subject ``index``'s own seed: independent of how many subjects each split has."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def _spread_slices(candidates: Sequence[int], n: int, rng: np.random.RandomState) -> List[int]:
+    """``n`` of ``candidates`` spread over their inferior-superior range: one drawn in each of ``n`` equal bins
+    (fewer when the candidates are fewer)."""
+    candidates = sorted(candidates)
+    bins = np.array_split(np.asarray(candidates), min(n, len(candidates)))
+    return [int(rng.choice(b)) for b in bins if len(b)]
+
+
+def _simulated_subject(t1: np.ndarray, wm: np.ndarray, simulate: SimulateSubject, seed: int, index: int,
+                       slices: int, wm_threshold: float, min_wm_fraction: float, out_dir: Path) -> List[dict]:
+    """Subject ``index``: simulated once, ``slices`` axial slices written as 2D NIfTI (T1 float32, white-matter mask
+    uint8, anterior up) under ``out_dir`` with a record file written last, so an interrupted build is redone."""
+    name = f"sim{index:04d}"
+    record_file = out_dir / f"{name}.json"
+    if record_file.is_file():
+        return json.loads(record_file.read_text())
+    subject_seed = _subject_seed(seed, index)
+    t1_sim, wm_sim = simulate(t1, wm, subject_seed)
+    mask = wm_sim > wm_threshold
+    counts = mask.sum(axis=(0, 1))
+    candidates = [z for z in range(mask.shape[2]) if counts[z] >= min_wm_fraction * counts.max()]
+    records = []
+    for z in _spread_slices(candidates, slices, np.random.RandomState(subject_seed % (2**32))):
+        names = [out_dir / f"{name}_z{z:03d}_{kind}.nii.gz" for kind in ("t1", "wm")]
+        save_nifti(np.ascontiguousarray(np.rot90(t1_sim[:, :, z])), names[0])
+        save_nifti(np.ascontiguousarray(np.rot90(mask[:, :, z])).astype(np.uint8), names[1])
+        records.append({"image": str(names[0]), "mask": str(names[1]), "subject": name, "slice": z})
+    with atomic_write(record_file) as tmp:
+        tmp.write_text(json.dumps(records))
+    return records
+
+
+def build_simulated_datalist(cache_dir: os.PathLike, counts: Sequence[int] = (6400, 640, 640),
+                             subjects: Sequence[int] = (200, 40, 40), slices_per_subject: int = 8, seed: int = 0,
+                             settings: SubjectSettings = SubjectSettings(), wm_threshold: float = 0.5,
+                             min_wm_fraction: float = 0.25,
+                             output_json: Optional[os.PathLike] = None) -> Dict[str, List[dict]]:
+    """The offline tasks' splits: simulated subjects built from the MNI152 2009 templates inside nilearn's wheel.
+
+    Each subject is one draw of :class:`scripts.subjects.SimulateSubject` (its seed from ``seed`` and its index), so
+    the training, validation and test subjects (``subjects``, in that order) are disjoint by construction and the
+    subject is the bootstrap's unit. ``slices_per_subject`` axial slices are drawn across the brain (one in each of
+    as many equal bins of the range whose white matter covers at least ``min_wm_fraction`` of the largest slice's),
+    cut once into ``cache_dir/simulated-<key>/`` (the key digests the templates, the settings and ``seed``). ``counts``
+    entries per split cycle over the split's slices, each with its own ``seed`` for the chain's augmentation, lumps
+    and signal (:func:`scripts.transforms.mri_transforms`). Only the subjects of splits with entries are simulated.
+    """
+    counts = _check_counts(counts)
+    subjects = _check_counts(subjects)
+    for split, n, m in zip(SPLITS, counts, subjects):
+        if n and not m:
+            raise ValueError(f"{n} {split} entries need at least one {split} subject; got subjects={subjects}.")
+    t1_path, wm_path = mni152_template_paths()
+    t1 = _load_volume(t1_path).astype(np.float32)
+    wm_raw = _load_volume(wm_path).astype(np.float32)
+    wm = wm_raw / (255.0 if wm_raw.max() > 1 else 1.0)  # the template stores probability x 255
+    digest = hashlib.sha256(json.dumps([_slice_cache_key(t1, wm > wm_threshold), settings.as_dict(), int(seed),
+                                        slices_per_subject, wm_threshold, min_wm_fraction]).encode())
+    out_dir = Path(cache_dir) / f"simulated-{digest.hexdigest()[:16]}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    simulate = SimulateSubject(settings)
+    first = np.cumsum((0,) + subjects)
+    datalist = {}
+    for i, (split, n) in enumerate(zip(SPLITS, counts)):
+        indices = range(first[i], first[i + 1]) if n else ()
+        records = [r for index in indices for r in _simulated_subject(
+            t1, wm, simulate, seed, index, slices_per_subject, wm_threshold, min_wm_fraction, out_dir)]
+        datalist[split] = _slice_entries(records, n, seed + i)
     return _finish(datalist, output_json)
 
 

@@ -52,7 +52,7 @@ from .sources import (
     is_dicom_file,
 )
 
-__all__ = ["gaussian_blob", "InsertGaussianSignal", "InsertGaussianSignald", "EnsureGrayscale",
+__all__ = ["gaussian_blob", "InsertGaussianSignal", "InsertGaussianSignald", "InsertLumpsd", "EnsureGrayscale",
            "EnsureGrayscaled", "InvertMonochrome1", "InvertMonochrome1d", "PerSampleSeedd", "image_transforms",
            "mri_transforms", "LoadImageCheckedd"]
 
@@ -103,16 +103,18 @@ def _spatial_mask(mask, spatial_shape: Tuple[int, ...]) -> np.ndarray:
     return mask_np
 
 
-SignalShape = Tuple[float, float]
+SignalShape = Tuple[float, ...]  # (major, minor) or (major, minor, polarity)
 ROUND: SignalShape = (1.0, 1.0)
+HYPOINTENSE: SignalShape = (1.0, 1.0, -1.0)  # a round signal darker than its surround
 
 
 class InsertGaussianSignal(RandomizableTransform):
     """With probability ``prob``, add one Gaussian signal of one of ``shapes`` centred in the mask; otherwise leave
     the image as is.
 
-    A shape is ``(major, minor)``: the signal's width is ``major * sigma`` along one axis, drawn in a uniformly
-    random direction, and ``minor * sigma`` across it; ``(1, 1)`` is the paper's round signal. After each call,
+    A shape is ``(major, minor)`` or ``(major, minor, polarity)``: the signal's width is ``major * sigma`` along one
+    axis, drawn in a uniformly random direction, and ``minor * sigma`` across it; ``(1, 1)`` is the paper's round
+    signal; polarity ``-1`` subtracts it (a hypointense signal), ``+1`` (the default) adds it. After each call,
     ``present`` (bool), ``shape_index`` (-1 when absent), ``center`` (voxel coordinates), ``sigma`` (the widest
     width), ``widths`` and ``axes`` (the rotation whose columns they lie along) and ``amplitude`` describe what was
     inserted.
@@ -129,9 +131,11 @@ class InsertGaussianSignal(RandomizableTransform):
 
     def __init__(self, prob: Optional[float] = 0.5, amplitude_range: Range = (0.1, 0.35), sigma: Range = 3.0,
                  shapes: Sequence[SignalShape] = (ROUND,)):
-        self.shapes = tuple(tuple(float(v) for v in shape) for shape in shapes)
-        if not self.shapes or any(len(shape) != 2 or min(shape) <= 0 for shape in self.shapes):
-            raise ValueError(f"shapes must be one or more positive (major, minor) width factors, got {shapes}.")
+        self.shapes = tuple(tuple(float(v) for v in shape) + (1.0,) * (len(shape) == 2) for shape in shapes)
+        if not self.shapes or any(len(shape) != 3 or min(shape[:2]) <= 0 or shape[2] not in (-1.0, 1.0)
+                                  for shape in self.shapes):
+            raise ValueError(f"shapes must be one or more (major, minor) positive width factors, each optionally "
+                             f"followed by a polarity of 1 or -1; got {shapes}.")
         RandomizableTransform.__init__(self, len(self.shapes) / (len(self.shapes) + 1) if prob is None else prob)
         self.amplitude_range = _as_range(amplitude_range, "amplitude_range")
         self.sigma_range = _as_range(sigma, "sigma")
@@ -142,6 +146,7 @@ class InsertGaussianSignal(RandomizableTransform):
         self.widths: Tuple[float, ...] = ()
         self.axes: Optional[np.ndarray] = None
         self.amplitude = 0.0
+        self.polarity = 1.0
 
     @property
     def label(self) -> int:
@@ -162,7 +167,7 @@ class InsertGaussianSignal(RandomizableTransform):
         self.amplitude = float(self.R.uniform(*self.amplitude_range))
         base = float(self.R.uniform(*self.sigma_range))
         self.shape_index = int(self.R.randint(len(self.shapes))) if len(self.shapes) > 1 else 0
-        major, minor = self.shapes[self.shape_index]
+        major, minor, self.polarity = self.shapes[self.shape_index]
         dims = mask.ndim
         self.widths = (major * base,) + (minor * base,) * (dims - 1)
         self.axes = _random_rotation(dims, self.R) if major != minor else np.eye(dims)
@@ -176,7 +181,8 @@ class InsertGaussianSignal(RandomizableTransform):
             self.randomize(mask_np)
         if not self.present:
             return img if isinstance(img, torch.Tensor) else img_t
-        blob = gaussian_blob(spatial, self.center, self.widths, self.amplitude, dtype=img_t.dtype, axes=self.axes)
+        blob = gaussian_blob(spatial, self.center, self.widths, self.polarity * self.amplitude, dtype=img_t.dtype,
+                             axes=self.axes)
         return img + blob.to(img_t.device)[None]
 
 
@@ -226,6 +232,53 @@ class InsertGaussianSignald(RandomizableTransform, MapTransform):
         d[f"{self.meta_prefix}signal_center"] = torch.tensor(center, dtype=torch.float32)
         d[f"{self.meta_prefix}signal_sigma"] = float(ins.sigma)
         d[f"{self.meta_prefix}signal_amplitude"] = float(ins.amplitude)
+        return d
+
+
+class InsertLumpsd(RandomizableTransform, MapTransform):
+    """A lumpy background (Rolland & Barrett's model of anatomical texture): ``number`` Gaussian lumps of width
+    ``sigma`` voxels, each centred on a random voxel of the mask, with an amplitude drawn from ``amplitude_range``
+    and a random sign, added to every key.
+
+    Lumps as bright (or dark) as the signal but wider mean that neither the brightest pixel nor the mean intensity
+    tells a signal-present image from an absent one: a detector has to use the signal's shape.
+
+    Args:
+        keys: image keys to add the lumps to.
+        mask_key: key of the mask the lump centres are drawn in.
+        number: lumps per image; 0 leaves the image as is.
+        amplitude_range: ``(low, high)`` of each lump's uniform amplitude, or one value.
+        sigma: lump width in voxels.
+
+    Shapes: ``image (C, *spatial)``, ``mask (1, *spatial)``.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", mask_key: str = "mask", number: int = 4,
+                 amplitude_range: Range = (0.1, 0.35), sigma: float = 6.0, allow_missing_keys: bool = False):
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, 1.0)
+        if int(number) != number or number < 0:
+            raise ValueError(f"number of lumps must be a whole number >= 0, got {number!r}.")
+        self.mask_key, self.number = mask_key, int(number)
+        self.amplitude_range = _as_range(amplitude_range, "amplitude_range")
+        self.sigma = _as_range(sigma, "sigma")[0]
+
+    def __call__(self, data: Mapping[Hashable, object]) -> Dict[Hashable, object]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys or not self.number:
+            return d
+        spatial = tuple(d[keys[0]].shape[1:])
+        voxels = np.argwhere(_spatial_mask(d[self.mask_key], spatial))
+        if len(voxels) == 0:
+            return d
+        lumps = torch.zeros(spatial, dtype=torch.float64)
+        for _ in range(self.number):
+            center = voxels[self.R.randint(len(voxels))]
+            amplitude = self.R.uniform(*self.amplitude_range) * self.R.choice((-1.0, 1.0))
+            lumps += gaussian_blob(spatial, center, self.sigma, amplitude, dtype=torch.float64)
+        for key in keys:
+            d[key] = d[key] + lumps.to(dtype=d[key].dtype, device=d[key].device)[None]
         return d
 
 
@@ -369,6 +422,7 @@ def image_transforms(size: int = 256, keys: Sequence[str] = ("image",), track_me
 def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True, signal: bool = True,
                    prob: Optional[float] = None, amplitude_range: Tuple[float, float] = (0.1, 0.35),
                    sigma: Optional[Range] = None, shapes: Sequence[SignalShape] = (ROUND,),
+                   signal_width: float = 1 / 24, lumps: int = 0, lump_width: float = 2.0,
                    seed_key: Optional[str] = "seed", track_meta: bool = False,
                    max_voxels: int = DEFAULT_MAX_VOXELS) -> Compose:
     """SKS/BKS MRI: a NIfTI slice (2D) or volume (3D) and its binary white-matter mask -> normalized image with, in
@@ -378,8 +432,10 @@ def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True,
     Steps: load image and mask; resize the longest side to ``size`` and pad to ``size^2`` (or ``size^3``), keeping
     the aspect; map the 0-99.5th intensity percentiles to [0, 1]; with ``augment``, background variability from a
     left-right flip, a small affine (rotation 0.1 rad, scale 5 %, shift 4 % of ``size``), a mild elastic deformation
-    (2D) and intensity jitter (scale and shift 5 %); then the signal (:class:`InsertGaussianSignald`, sigma default
-    ``size / 24``, label 0 absent, 1 + the shape's index present). Random steps are seeded per entry through
+    (2D) and intensity jitter (scale and shift 5 %); then ``lumps`` lumps of ``lump_width`` times the signal's width
+    and the signal's amplitude range inside the white matter (:class:`InsertLumpsd`), then the signal
+    (:class:`InsertGaussianSignald`, sigma default ``signal_width * size``, label 0 absent, 1 + the shape's index
+    present). Random steps are seeded per entry through
     :class:`PerSampleSeedd` with ``seed_key``, so the chain is deterministic per entry and ``CacheDataset`` can hold
     its outputs; ``seed_key=None`` draws afresh on every call instead (on-the-fly augmentation, not cacheable).
 
@@ -405,9 +461,12 @@ def mri_transforms(size: int = 256, spatial_dims: int = 2, augment: bool = True,
         random_steps += [RandScaleIntensityd("image", factors=0.05, prob=1.0),
                          RandShiftIntensityd("image", offsets=0.05, prob=1.0)]
     if signal:
+        sigma = sigma or signal_width * size
+        if lumps:
+            random_steps.append(InsertLumpsd("image", mask_key="mask", number=lumps, amplitude_range=amplitude_range,
+                                             sigma=lump_width * _as_range(sigma, "sigma")[1]))
         random_steps.append(InsertGaussianSignald(keys="image", mask_key="mask", label_key="label", prob=prob,
-                                                  amplitude_range=amplitude_range, sigma=sigma or size / 24,
-                                                  shapes=shapes))
+                                                  amplitude_range=amplitude_range, sigma=sigma, shapes=shapes))
     steps = [
         *_source_steps(keys, spatial_dims, max_voxels),
         RefuseFlatImagesd(keys, size),
