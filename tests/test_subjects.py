@@ -113,3 +113,36 @@ def test_the_brightest_pixel_cannot_find_the_polarity_signal(simulated):
     assert get_task("polarity").num_classes == 3
     assert max_auroc(task_transforms("polarity", 64)) <= 0.65
     assert max_auroc(mri_transforms(size=64, signal_width=1 / 16)) > 0.75
+
+
+def test_the_shipped_polarity_model_has_rank_two_on_most_test_images(tmp_path):
+    """F(x) of the shipped three-class model has two directions on most of 8 test images: its non-zero eigenvalues,
+    those of diag(sqrt p) S S^T diag(sqrt p) with S the score Jacobian (C x d, autograd), the second above 1e-6 of
+    the first; the engine's rank says the same."""
+    from pathlib import Path
+
+    from scripts.checkpoints import load_checkpoint, shipped_models_dir
+    from scripts.ifim import ifim_decompose
+    from scripts.networks import get_network
+    from scripts.tasks import inference_datalist, inference_transforms
+
+    bundle = Path(__file__).resolve().parents[1] / "bundle"
+    checkpoint = Path(shipped_models_dir(bundle, "polarity", "sksbks")) / "model.pt"
+    network = get_network("shallow_cnn", spatial_dims=2, in_channels=1, num_classes=3)
+    load_checkpoint(network, checkpoint, expected={"task": "polarity", "network_name": "shallow_cnn"})
+    network.eval()
+    chain = inference_transforms("polarity", 64, None)
+    x = torch.stack([torch.as_tensor(chain(e)["image"]) for e in inference_datalist("polarity", None, tmp_path, 8)])
+    engine_rank = ifim_decompose(network, x).rank
+    second_over_first = []
+    model = network.double()
+    for x1 in x.double().split(1):
+        probs = torch.softmax(model(x1)[0], 0).detach()
+        jac = torch.autograd.functional.jacobian(lambda z: torch.log_softmax(model(z), dim=1), x1)
+        score = jac.reshape(3, -1)
+        gram = probs.sqrt()[:, None] * (score @ score.T) * probs.sqrt()[None, :]
+        eigenvalues = torch.linalg.eigvalsh(gram).flip(0)
+        second_over_first.append(float(eigenvalues[1] / eigenvalues[0]))
+    two = np.asarray(second_over_first) > 1e-6
+    assert two.sum() >= 5, second_over_first
+    assert ((engine_rank >= 2).numpy() == two).all()

@@ -81,3 +81,14 @@ def test_training_is_deterministic_on_a_gpu_too(tmp_path):
     torch.backends.cudnn.benchmark = True
     _workflow(TRAIN, "train", **_tiny(tmp_path))
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+
+
+@pytest.mark.parametrize("config_file", [INFERENCE, [TRAIN, EVALUATE]])
+def test_another_offline_task_reads_its_own_shipped_model(tmp_path, config_file):
+    """The default task's model is models/model.pt; --task polarity reads (and train.yaml installs) models/polarity/."""
+    for task, expected in (("sksbks", ROOT / "bundle" / "models" / "model.pt"),
+                           ("polarity", ROOT / "bundle" / "models" / "polarity" / "model.pt")):
+        workflow = ConfigWorkflow(config_file=config_file, workflow_type="infer", meta_file=META, task=task,
+                                  bundle_root=str(ROOT / "bundle"), **_tiny(tmp_path))
+        workflow.parser.parse()
+        assert Path(workflow.parser.get_parsed_content("ckpt_path")) == expected

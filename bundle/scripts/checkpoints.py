@@ -20,9 +20,17 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-__all__ = ["model_stamp_path", "check_stamp", "read_checkpoint", "load_checkpoint", "misfit_error"]
+__all__ = ["shipped_models_dir", "model_stamp_path", "check_stamp", "read_checkpoint", "load_checkpoint",
+           "misfit_error"]
 
 logger = logging.getLogger(__name__)
+
+
+def shipped_models_dir(bundle_root: os.PathLike, task: str, default_task: str) -> str:
+    """Where the bundle keeps a task's shipped ``model.pt`` and its stamp: ``models/`` for the default task (the
+    zoo's place for a bundle's model), ``models/<task>/`` for every other offline task."""
+    models = Path(bundle_root) / "models"
+    return str(models if task == default_task else models / task)
 
 
 def model_stamp_path(checkpoint: os.PathLike) -> Path:
