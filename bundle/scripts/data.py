@@ -364,6 +364,17 @@ def _slice_cache_key(t1: np.ndarray, wm: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
+def _write_slice(t1_z: np.ndarray, mask_z: np.ndarray, out_dir: Path, subject: str, z: int,
+                 reuse: bool = False) -> dict:
+    """Axial slice ``z`` of a subject as two 2D NIfTI files (T1 float32, white-matter mask uint8), anterior up;
+    its record. ``reuse``: keep files already there (the same volume and mask cut them)."""
+    names = [out_dir / f"{subject}_z{z:03d}_{kind}.nii.gz" for kind in ("t1", "wm")]
+    if not (reuse and all(n.exists() for n in names)):
+        save_nifti(np.ascontiguousarray(np.rot90(t1_z)), names[0])
+        save_nifti(np.ascontiguousarray(np.rot90(mask_z)).astype(np.uint8), names[1])
+    return {"image": str(names[0]), "mask": str(names[1]), "subject": subject, "slice": z}
+
+
 def _axial_slices(t1_path: Path, wm: np.ndarray, out_dir: Path, subject: str, min_wm_voxels: int) -> List[dict]:
     """Write the axial slices of a volume holding at least ``min_wm_voxels`` white-matter voxels as 2D NIfTI files
     (image float32, mask uint8), oriented anterior up, into ``out_dir/<subject>-<key>/`` where the key digests the
@@ -379,11 +390,7 @@ def _axial_slices(t1_path: Path, wm: np.ndarray, out_dir: Path, subject: str, mi
         mask = wm[:, :, z]
         if mask.sum() < min_wm_voxels:
             continue
-        names = [out_dir / f"{subject}_z{z:03d}_{kind}.nii.gz" for kind in ("t1", "wm")]
-        if not all(n.exists() for n in names):  # reused across builds of the same volume and mask
-            save_nifti(np.ascontiguousarray(np.rot90(t1[:, :, z])), names[0])
-            save_nifti(np.ascontiguousarray(np.rot90(mask)).astype(np.uint8), names[1])
-        records.append({"image": str(names[0]), "mask": str(names[1]), "subject": subject, "slice": z})
+        records.append(_write_slice(t1[:, :, z], mask, out_dir, subject, z, reuse=True))
     return records
 
 
@@ -462,6 +469,12 @@ def mni152_template_paths() -> Tuple[Path, Path]:
     return paths
 
 
+def _wm_probability(wm_path: Path) -> np.ndarray:
+    """The MNI152 white-matter template as a probability (the template stores probability x 255)."""
+    wm_raw = _load_volume(wm_path).astype(np.float32)
+    return wm_raw / (255.0 if wm_raw.max() > 1 else 1.0)
+
+
 def _spread_slice_blocks(slices: Sequence[int], block: int, guard: int, seed: int) -> Dict[str, List[int]]:
     """Assign axial slice indices to splits for a single brain.
 
@@ -505,8 +518,7 @@ def build_sksbks_datalist(cache_dir: os.PathLike, counts: Sequence[int] = (8904,
     """
     counts = _check_counts(counts)
     t1_path, wm_path = mni152_template_paths()
-    wm_raw = _load_volume(wm_path).astype(np.float32)
-    wm = wm_raw / (255.0 if wm_raw.max() > 1 else 1.0) > wm_threshold  # the template stores probability x 255
+    wm = _wm_probability(wm_path) > wm_threshold
     records = {r["slice"]: r for r in _axial_slices(t1_path, wm, Path(cache_dir), "mni152", min_wm_voxels)}
     groups = _spread_slice_blocks(list(records), block, guard, seed)
     datalist = {split: _slice_entries([records[z] for z in sorted(groups[split])], n, seed + i)
@@ -542,10 +554,7 @@ def _simulated_subject(t1: np.ndarray, wm: np.ndarray, simulate: SimulateSubject
     candidates = [z for z in range(mask.shape[2]) if counts[z] >= min_wm_fraction * counts.max()]
     records = []
     for z in _spread_slices(candidates, slices, np.random.RandomState(subject_seed % (2**32))):
-        names = [out_dir / f"{name}_z{z:03d}_{kind}.nii.gz" for kind in ("t1", "wm")]
-        save_nifti(np.ascontiguousarray(np.rot90(t1_sim[:, :, z])), names[0])
-        save_nifti(np.ascontiguousarray(np.rot90(mask[:, :, z])).astype(np.uint8), names[1])
-        records.append({"image": str(names[0]), "mask": str(names[1]), "subject": name, "slice": z})
+        records.append(_write_slice(t1_sim[:, :, z], mask[:, :, z], out_dir, name, z))
     with atomic_write(record_file) as tmp:
         tmp.write_text(json.dumps(records))
     return records
@@ -573,8 +582,7 @@ def build_simulated_datalist(cache_dir: os.PathLike, counts: Sequence[int] = (64
             raise ValueError(f"{n} {split} entries need at least one {split} subject; got subjects={subjects}.")
     t1_path, wm_path = mni152_template_paths()
     t1 = _load_volume(t1_path).astype(np.float32)
-    wm_raw = _load_volume(wm_path).astype(np.float32)
-    wm = wm_raw / (255.0 if wm_raw.max() > 1 else 1.0)  # the template stores probability x 255
+    wm = _wm_probability(wm_path)
     digest = hashlib.sha256(json.dumps([_slice_cache_key(t1, wm > wm_threshold), settings.as_dict(), int(seed),
                                         slices_per_subject, wm_threshold, min_wm_fraction]).encode())
     out_dir = Path(cache_dir) / f"simulated-{digest.hexdigest()[:16]}"
