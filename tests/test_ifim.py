@@ -137,6 +137,22 @@ def test_rho_selects_k():
         ifim_decompose(model, x, rho=1.5)
 
 
+def test_at_rho_splits_at_another_threshold_like_brute_force():
+    model, x = _model_and_input(5, shape=(1, 1, 8, 8), seed=8, logit_scale=3.0)
+    result = ifim_decompose(model, x, rho=0.5)
+    ref_evals, ref_evecs = top_eigen(brute_force_fisher(model, x), 5)
+    fractions = (ref_evals[:4].cumsum(0) / ref_evals[:4].sum()).tolist()
+    for rho in (0.3, 0.7, 0.95, 1.0):
+        k = next(i + 1 for i, f in enumerate(fractions) if f >= rho - 1e-12)  # eq. 13 on brute-force eigenvalues
+        moved = result.at_rho(rho)
+        assert int(moved.k[0]) == k
+        projector = ref_evecs[:, :k] @ ref_evecs[:, :k].T
+        torch.testing.assert_close(moved.x_sens.reshape(-1), projector @ x.reshape(-1), rtol=0, atol=1e-10)
+        torch.testing.assert_close(moved.x_comp + moved.x_sens, x, rtol=0, atol=1e-14)
+    with pytest.raises(ValueError, match="rho"):
+        result.at_rho(0.0)
+
+
 def test_batch_equals_single_calls_and_restores_model_state():
     """BatchNorm left in train mode: the engine must use eval mode, so images do not interact."""
     model, x = _model_and_input(3, shape=(4, 2, 8, 8), seed=8, batch_norm=True, logit_scale=3.0)

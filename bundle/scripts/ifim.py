@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import numbers
 import weakref
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -89,6 +89,15 @@ class IFIMResult:
         """The task-sensitive and task-insensitive iFIM maps S(x) = |x_sens| and I(x) = |x_comp|, summed over
         input channels, ``(B, 1, *spatial)`` each."""
         return self.x_sens.abs().sum(1, keepdim=True), self.x_comp.abs().sum(1, keepdim=True)
+
+    def at_rho(self, rho: float) -> "IFIMResult":
+        """The same decomposition split at another energy threshold ``rho`` (eq. 13-17): K, x_sens and x_comp
+        recomputed from the eigenpairs, with no pass through the model. ``x`` is recovered as x_sens + x_comp."""
+        _check_settings(rho, None)
+        k = energy_k(self.eigenvalues, self.rank, rho)
+        x = self.x_sens + self.x_comp
+        x_sens = _sensitive_part(x, self.eigenvectors.reshape(*self.eigenvectors.shape[:2], -1), k)
+        return replace(self, k=k, x_sens=x_sens, x_comp=x - x_sens)
 
     def __getitem__(self, index) -> "IFIMResult":
         """Select images of the batch, e.g. ``result[0:1]``; integer indices keep the batch dimension."""
@@ -207,6 +216,14 @@ def energy_k(eigenvalues: torch.Tensor, rank: torch.Tensor, rho: float) -> torch
     fraction = torch.where(total > 0, cumulative / total.clamp_min(torch.finfo(total.dtype).tiny), 1.0)
     k = (fraction < rho).sum(dim=1) + 1
     return torch.minimum(k, rank)
+
+
+def _sensitive_part(x: torch.Tensor, u_flat: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """x_sens (eq. 14, 16): the projection of ``x`` ``(B, C_in, *spatial)`` onto the leading ``k`` ``(B,)`` rows of
+    ``u_flat`` ``(B, C, d)``, in ``x``'s shape and dtype."""
+    keep = torch.arange(u_flat.shape[1], device=k.device)[None, :] < k[:, None]
+    proj = (u_flat @ x.reshape(x.shape[0], -1, 1).to(u_flat.dtype)) * keep[:, :, None].to(u_flat.dtype)
+    return (proj.transpose(1, 2) @ u_flat).reshape(x.shape).to(x.dtype)
 
 
 def ifim_decompose(
@@ -356,10 +373,7 @@ def _decompose(model: Callable, x: torch.Tensor, rho: float, head: str, rtol: Op
     eigenvalues = nn.functional.pad(evals, (0, n_out - evals.shape[1]))
 
     k = energy_k(eigenvalues, rank, rho)
-    keep = torch.arange(n_out, device=k.device)[None, :] < k[:, None]
-    x_vec = x.detach().reshape(batch, -1, 1).to(u_flat.dtype)
-    proj = (u_flat @ x_vec) * keep[:, :, None].to(u_flat.dtype)  # u_i^T x for the leading k directions, (B, C, 1)
-    x_sens = (proj.transpose(1, 2) @ u_flat).reshape(x.shape).to(x.dtype)  # eq. 14, 16
+    x_sens = _sensitive_part(x.detach(), u_flat, k)
     x_comp = x.detach() - x_sens  # eq. 17
     eigenvectors = u_flat.reshape(batch, n_out, *x.shape[1:])
     return IFIMResult(logits=logits.detach(), probs=probs, eigenvalues=eigenvalues, eigenvectors=eigenvectors,
