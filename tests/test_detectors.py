@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from ifim_reference import TinyConvNet, brute_force_fisher
-from scripts.controls import BeyondGradient, BeyondGradientResult, DetectorResult, TrivialDetectors
+from scripts.controls import (
+    BeyondGradient,
+    BeyondGradientResult,
+    DetectorResult,
+    RhoSweep,
+    RhoSweepResult,
+    TrivialDetectors,
+)
 from scripts.detectors import weighted_aurocs
+from scripts.metrics import GaussianFill, contrastive_perturbation
 from scripts.study import AttributionStudy
 
 
@@ -39,6 +47,9 @@ def test_weighted_auroc_is_the_weighted_pairwise_ranking_chance():
         weighted_aurocs(scores[:3], positive, weights)
 
 
+SWEEP_FILL = GaussianFill(0.5, 0.25)
+
+
 @pytest.fixture(scope="module")
 def three_class_study():
     torch.manual_seed(0)
@@ -46,7 +57,8 @@ def three_class_study():
     x = torch.rand(8, 1, 8, 8, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     units = ["a", "a", "b", "b", "c", "c", "d", "d"]
-    study = AttributionStudy([TrivialDetectors(), BeyondGradient(rhos=(0.5, 0.9, 0.999))],
+    study = AttributionStudy([TrivialDetectors(), BeyondGradient(rhos=(0.5, 0.9, 0.999)),
+                              RhoSweep(rhos=(0.3, 0.999), fill=SWEEP_FILL, alphas=(0.25,))],
                              ["ifim", "vanilla_gradient"], alphas=(0.05, 0.25), seed=1, n_bootstrap=200)
     study.update(model, x, y, units=units)
     return model, x, y, study.compute()
@@ -106,3 +118,34 @@ def test_trivial_detectors_auroc_against_sklearn(three_class_study):
     assert 0 <= low <= high <= 1
     text = " ".join(section.findings(results.sections))
     assert "max intensity detector's AUROC is" in text and "classifier's AUROC is" in text
+
+
+def test_rho_sweep_splits_s_and_i_like_the_brute_force_fisher(three_class_study):
+    """At each rho, S and I are |P_K x| and |x - P_K x| with P_K the projector onto the leading K eigenvectors of the
+    brute-force F(x) (eq. 13-17); their perturbation ratio is the plain metric function's on those maps, and the
+    gradient's is that function's on the vanilla gradient."""
+    from scripts.attribution import attribute
+
+    model, x, y, results = three_class_study
+    section = results.sections.find(RhoSweepResult)
+    for rho in (0.3, 0.999):
+        sens, comp, ks = [], [], []
+        for image in x:
+            evals, evecs = torch.linalg.eigh(brute_force_fisher(model, image[None]))
+            evals, evecs = evals.flip(0)[:2], evecs.flip(1)[:, :2]  # rank C - 1 = 2
+            energy = torch.cumsum(evals, 0) / evals.sum()
+            k = int((energy < rho - 1e-12).sum()) + 1
+            ks.append(k)
+            projected = (evecs[:, :k] @ (evecs[:, :k].T @ image.reshape(-1))).reshape(image.shape)
+            sens.append(projected.abs())
+            comp.append((image - projected).abs())
+        expected = contrastive_perturbation(model, x, y, torch.stack(sens), torch.stack(comp), (0.25,), seed=1,
+                                            fill=SWEEP_FILL)
+        assert section.ratios[f"{rho:g}"]["0.25"] == pytest.approx(expected[0.25]["ratio"], nan_ok=True)
+        assert section.k_at_least_2[f"{rho:g}"] == pytest.approx(np.mean(np.asarray(ks) >= 2))
+    assert section.k_at_least_2["0.3"] < section.k_at_least_2["0.999"]
+    gradient = attribute("vanilla_gradient", model, x)
+    expected = contrastive_perturbation(model, x, y, gradient, None, (0.25,), seed=1, fill=SWEEP_FILL)
+    assert section.ratios["vanilla_gradient"]["0.25"] == pytest.approx(expected[0.25]["ratio"], nan_ok=True)
+    assert set(section.minus_gradient) == {"0.3", "0.999"}
+    assert "Rho sweep at 25 %" in " ".join(section.findings(results.sections))

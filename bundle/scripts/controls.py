@@ -82,7 +82,7 @@ __all__ = ["StudySetup", "StudyBatch", "StudyTotals", "Section", "Sections", "Co
            "CurvesResult", "FGSMResult", "TopKOverlapResult", "ComplementResult", "DetectabilityResult",
            "LocalizationResult", "RandomizationResult", "CascadingRandomization", "CascadeResult",
            "EpsilonSweep", "SweepResult", "TrivialDetectors", "DetectorResult", "BeyondGradient",
-           "BeyondGradientResult"]
+           "BeyondGradientResult", "RhoSweep", "RhoSweepResult"]
 
 SENSITIVE, COMPLEMENT = IFIM.maps  # S(x) and I(x): the maps the paper's claims are about
 GRADIENT = MAP_METHODS["vanilla_gradient"].maps[0]
@@ -583,6 +583,27 @@ class PerturbationResult(Section):
                                               "the random-pixel control"), out / "fig3_f1_drops.png")
 
 
+def _high_low_ratios(probabilities: Mapping[str, Mapping], alphas: Sequence[float], totals: StudyTotals
+                     ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, Dict[str, np.ndarray]]]:
+    """eq. 26's F1 ratio of each map's high and low perturbed sets alone (no random set): ``probabilities[map][(alpha,
+    "high" | "low")]`` lists of ``(B, C)`` -> ``ratios[map][alpha]`` and, with the totals' bootstrap weights, the
+    resampled ratios ``(R,)`` (empty dicts without weights)."""
+    ratios: Dict[str, Dict[str, float]] = {}
+    resampled: Dict[str, Dict[str, np.ndarray]] = {}
+    for name, per_key in probabilities.items():
+        predicted = {key: torch.cat(values).argmax(1) for key, values in per_key.items()}
+        ratios[name], resampled[name] = {}, {}
+        for alpha in alphas:
+            # perturbation_scores scores a random set too: the clean predictions stand in, its score unused
+            sets = {"clean": totals.clean, (alpha, "high"): predicted[(alpha, "high")],
+                    (alpha, "low"): predicted[(alpha, "low")], (alpha, "random"): totals.clean}
+            ratios[name][f"{alpha:g}"] = perturbation_scores(totals.y, sets, totals.num_classes)[alpha]["ratio"]
+            if totals.weights is not None:
+                resampled[name][f"{alpha:g}"] = perturbation_scores(totals.y, sets, totals.num_classes,
+                                                                    totals.weights)[alpha]["ratio"]
+    return ratios, resampled
+
+
 class MatchedResolution(Control):
     """Fig. 3's comparison again with every map ranked at the same resolution: each map (S and I for iFIM) smoothed
     by one Gaussian of ``sigma`` pixels (``monai.networks.layers.GaussianFilter``) before its top and bottom pixels
@@ -617,19 +638,7 @@ class MatchedResolution(Control):
                     self.probabilities[method.name].setdefault(key, []).append(probs.cpu())
 
     def compute(self, totals: StudyTotals) -> "ResolutionResult":
-        ratios: Dict[str, Dict[str, float]] = {}
-        resampled: Dict[str, Dict[str, np.ndarray]] = {}
-        for method, per_key in self.probabilities.items():
-            predicted = {key: torch.cat(values).argmax(1) for key, values in per_key.items()}
-            ratios[method], resampled[method] = {}, {}
-            for alpha in self.study.alphas:
-                # perturbation_scores scores a random set too: the clean predictions stand in, its score unused
-                sets = {"clean": totals.clean, (alpha, "high"): predicted[(alpha, "high")],
-                        (alpha, "low"): predicted[(alpha, "low")], (alpha, "random"): totals.clean}
-                ratios[method][f"{alpha:g}"] = perturbation_scores(totals.y, sets, totals.num_classes)[alpha]["ratio"]
-                if totals.weights is not None:
-                    resampled[method][f"{alpha:g}"] = perturbation_scores(totals.y, sets, totals.num_classes,
-                                                                          totals.weights)[alpha]["ratio"]
+        ratios, resampled = _high_low_ratios(self.probabilities, self.study.alphas, totals)
         differences = {a: paired_differences({m: r[a] for m, r in resampled.items() if a in r}, IFIM.name)
                        for a in _alpha_keys(self.study.alphas)}
         return ResolutionResult(self.fill.tag, self.fill.name, self.sigma, ratios, differences)
@@ -1794,3 +1803,128 @@ class BeyondGradientResult(Section):
                             [[name, *[fmt(v[a]["mean"]) + ci(v[a]["interval"]) for a in alphas]]
                              for name, v in self.overlap.items()]), ""]
         return lines
+
+
+class RhoSweep(Control):
+    """Fig. 3's comparison at several energy thresholds: iFIM's S(x) and I(x) split at each of ``rhos`` from one
+    decomposition per batch (:meth:`scripts.ifim.IFIMResult.at_rho`), their top / bottom pixels replaced by one
+    ``fill`` at ``alphas``, and the vanilla gradient's top / bottom pixels under the same fill, so that each rho's
+    F1 ratio has a paired interval against the gradient's. It answers whether the choice of rho, which decides how
+    many of F(x)'s directions S mixes, changes what the perturbation study says about iFIM against a gradient.
+
+    Args:
+        rhos: the energy thresholds (eq. 13).
+        fill: what replaces the perturbed pixels (the primary endpoint's fill, so the sweep reads beside it).
+        alphas: the perturbed fractions; None: the study's.
+    """
+
+    accumulators = ("probabilities", "ks")
+
+    def __init__(self, rhos: Sequence[float], fill: Fill, alphas: Optional[Sequence[float]] = None):
+        self.rhos = tuple(float(r) for r in rhos)
+        if not self.rhos or not all(0 < r <= 1 for r in self.rhos):
+            raise ValueError(f"rhos must be one or more thresholds in (0, 1], got {list(rhos)}.")
+        self.fill = fill
+        self.alphas = None if alphas is None else tuple(float(a) for a in alphas)
+
+    def setup(self, study: StudySetup) -> None:
+        self.alphas = study.alphas if self.alphas is None else self.alphas
+        super().setup(study)
+
+    def reset(self) -> None:
+        # f"rho {rho:g}" or the gradient -> (alpha, set) -> [(B, C) probabilities]
+        self.probabilities: Dict[str, Dict] = {}
+        self.ks: Dict[str, List[int]] = {f"{r:g}": [] for r in self.rhos}
+
+    def _perturb(self, name: str, high: torch.Tensor, low: torch.Tensor, batch: StudyBatch) -> None:
+        masks = perturbation_mask_sets(high, low, self.alphas, batch.seeds, sets=("high", "low"))
+        for key, probs in perturbed_probabilities(batch.model, batch.x, masks, self.fill, batch.seeds).items():
+            self.probabilities.setdefault(name, {}).setdefault(key, []).append(probs.cpu())
+
+    def update(self, batch: StudyBatch) -> None:
+        with batch.timed(f"rho sweep: {self.fill.name}"):
+            result = ifim_decompose(batch.model, batch.x)
+            for rho in self.rhos:
+                split = result.at_rho(rho)
+                self.ks[f"{rho:g}"] += split.k.tolist()
+                self._perturb(f"{rho:g}", *split.maps(), batch)
+            if GRADIENT in batch.maps:
+                self._perturb(GRADIENT, batch.maps[GRADIENT], batch.maps[GRADIENT], batch)
+
+    def compute(self, totals: StudyTotals) -> "RhoSweepResult":
+        ratios, resampled = _high_low_ratios(self.probabilities, self.alphas, totals)
+        minus_gradient: Dict[str, Dict[str, List[float]]] = {}
+        if GRADIENT in resampled and totals.weights is not None:
+            with np.errstate(invalid="ignore"):
+                minus_gradient = {rho: {a: percentile_interval(resampled[rho][a] - resampled[GRADIENT][a])
+                                        for a in resampled[rho]} for rho in self.ks}
+        k_at_least_2 = {rho: float(np.mean(np.asarray(k) >= 2)) if k else math.nan for rho, k in self.ks.items()}
+        return RhoSweepResult(self.fill.tag, self.fill.name, [f"{a:g}" for a in self.alphas], k_at_least_2, ratios,
+                              minus_gradient)
+
+
+@dataclass
+class RhoSweepResult(Section):
+    """``ratios[rho or the gradient][alpha]``: F1 ratios under the fill ``fill_tag``; ``k_at_least_2[rho]``: the
+    share of images whose S mixes K >= 2 directions; ``minus_gradient[rho][alpha]``: the paired interval of iFIM's
+    ratio at that rho minus the vanilla gradient's."""
+
+    fill_tag: str
+    fill_name: str
+    alphas: List[str]
+    k_at_least_2: Dict[str, float]
+    ratios: Dict[str, Dict[str, float]]
+    minus_gradient: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
+
+    def results(self) -> dict:
+        return {"rho_sweep": {"fill": self.fill_tag, "k_at_least_2": self.k_at_least_2, "ratios": self.ratios}}
+
+    def intervals(self) -> Intervals:
+        return {f"rho_sweep_ratio_{IFIM.name}_minus_{GRADIENT}": self.minus_gradient}
+
+    def findings(self, sections: Sections) -> List[str]:
+        rhos = [rho for rho in self.k_at_least_2 if rho in self.ratios]
+        if not rhos:
+            return []
+        lines = []
+        for alpha in self.alphas:
+            parts, statuses = [], set()
+            for rho in rhos:
+                part = f"rho {rho} {fmt(self.ratios[rho][alpha])}"
+                gap = self.minus_gradient.get(rho, {}).get(alpha)
+                if gap is not None:
+                    status = _sign_status(gap)
+                    statuses.add(status)
+                    part += f" (minus the gradient's {ci(gap).strip()}, {status})"
+                parts.append(part)
+            line = (f"Rho sweep at {_percent(alpha)} % of pixels replaced by {self.fill_name}: {IFIM.display}'s F1 "
+                    "ratio is " + "; ".join(parts))
+            if GRADIENT in self.ratios:
+                line += f"; the vanilla gradient's {fmt(self.ratios[GRADIENT][alpha])}"
+            if len(statuses) == 1:
+                line += f". The comparison with the gradient reads the same at every rho ({statuses.pop()})."
+            elif statuses:
+                line += ". So the comparison with the gradient depends on rho."
+            else:
+                line += "."
+            lines.append(line)
+        return lines
+
+    def render(self, out: Path) -> List[str]:
+        rhos = [rho for rho in self.k_at_least_2 if rho in self.ratios]
+        if not rhos:
+            return []
+
+        def cell(rho: str, alpha: str) -> str:
+            gap = ci(self.minus_gradient.get(rho, {}).get(alpha))
+            return fmt(self.ratios[rho][alpha]) + (f" (minus the gradient's{gap})" if gap else "")
+
+        rows = [[f"rho {rho}", f"{fmt(100 * self.k_at_least_2[rho], 1)} %", *[cell(rho, a) for a in self.alphas]]
+                for rho in rhos]
+        if GRADIENT in self.ratios:
+            rows.append([display_name(GRADIENT), "", *[fmt(self.ratios[GRADIENT][a]) for a in self.alphas]])
+        return ["## Rho sweep of the perturbation study", "",
+                f"{IFIM.display}'s F1 ratio (S's top pixels against I's bottom pixels, eq. 26) with S and I split at "
+                f"each rho from one decomposition, pixels replaced by {self.fill_name}, beside the vanilla gradient's "
+                "under the same fill; in brackets the paired 95 % interval of iFIM's ratio minus the gradient's.", "",
+                table(["rho", "images with K >= 2", *[f"ratio {_percent(a)} %" for a in self.alphas]], rows), ""]
