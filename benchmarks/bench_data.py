@@ -27,7 +27,7 @@ from monai.data import CacheDataset, DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 
-from scripts.data import build_sksbks_datalist  # noqa: E402
+from scripts.data import build_simulated_datalist  # noqa: E402
 from scripts.networks import ShallowCNN  # noqa: E402
 from scripts.transforms import mri_transforms  # noqa: E402
 
@@ -66,7 +66,8 @@ def main() -> None:
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "bench_data.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cache:
-        entries = build_sksbks_datalist(cache, counts=(args.n, 0, 0))["training"]
+        entries = build_simulated_datalist(cache, counts=(args.n, 0, 0), subjects=(max(1, args.n // 8), 0, 0))[
+            "training"]
         rows = []
         print(f"{'size':>6}{'chain/s':>10}{'loader x2/s':>13}{'cached/s':>10}{'cache build s':>15}{'train/s':>10}")
         for size in args.sizes:

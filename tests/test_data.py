@@ -17,7 +17,7 @@ from scripts.data import (
     build_cxr_datalist,
     build_hcp_datalist,
     build_oct_datalist,
-    build_sksbks_datalist,
+    build_simulated_datalist,
     split_by_group,
 )
 from scripts.transforms import PerSampleSeedd, image_transforms, mri_transforms
@@ -233,28 +233,7 @@ def test_hcp_errors_name_the_file(tmp_path):
 @pytest.fixture(scope="module")
 def sksbks(tmp_path_factory):
     cache = tmp_path_factory.mktemp("sks_cache")
-    return build_sksbks_datalist(cache, counts=(40, 12, 12), seed=0), cache
-
-
-def test_sksbks_default_splits_use_disjoint_slice_blocks(sksbks, tmp_path):
-    datalist, cache = sksbks
-    assert [len(datalist[s]) for s in SPLITS] == [40, 12, 12]
-    blocks = [{e["slice"] // 4 for e in datalist[s]} for s in SPLITS]
-    assert not (blocks[0] & blocks[1] or blocks[0] & blocks[2] or blocks[1] & blocks[2])
-    # the held-out sets span the brain: one 4-slice block from each run of 10 blocks, not one neighbourhood
-    for held in (datalist["validation"], datalist["test"]):
-        slices = sorted({e["slice"] for e in held})
-        assert len(slices) == 12 and len({z // 4 for z in slices}) == 3
-        assert slices[-1] - slices[0] > 40  # three blocks from three different runs of 10 blocks
-    # and training keeps a guard slice away from every held-out slice
-    full = build_sksbks_datalist(cache, counts=(400, 12, 12), seed=0)
-    train = {e["slice"] for e in full["training"]}
-    held = {e["slice"] for s in ("validation", "test") for e in full[s]}
-    assert min(abs(z - h) for z in train for h in held) == 2
-    again = build_sksbks_datalist(cache, counts=(40, 12, 12), seed=0, output_json=tmp_path / "d.json")
-    assert again == datalist and json.loads((tmp_path / "d.json").read_text()) == datalist
-    with pytest.raises(ValueError, match="counts"):
-        build_sksbks_datalist(cache, counts=(1, 2))
+    return build_simulated_datalist(cache, counts=(24, 0, 0), subjects=(3, 0, 0), slices_per_subject=4), cache
 
 
 def test_mri_chain_outputs_signal_metadata_and_is_reproducible(sksbks):
@@ -314,8 +293,9 @@ def test_config_snippets_instantiate(tmp_path):
 
     parser = ConfigParser({
         "bundle_root": str(tmp_path),
-        "datalist": {"_target_": "scripts.data.build_sksbks_datalist",
-                     "cache_dir": "$@bundle_root + '/cache/sksbks'", "counts": [2, 1, 1]},
+        "datalist": {"_target_": "scripts.data.build_simulated_datalist",
+                     "cache_dir": "$@bundle_root + '/cache/sksbks'", "counts": [2, 1, 1], "subjects": [1, 1, 1],
+                     "slices_per_subject": 2},
         "train_transforms": {"_target_": "scripts.transforms.mri_transforms", "size": 32},
         "oct_transforms": {"_target_": "scripts.transforms.image_transforms", "size": 32},
     })

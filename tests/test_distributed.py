@@ -81,7 +81,7 @@ def test_one_ddp_epoch_equals_one_process_with_the_global_batch(tmp_path):
     assert set(two) == set(one)  # saved without DDP's "module." prefix
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-5)
-    assert json.loads((tmp_path / "two" / "model.json").read_text())["task"] == "sksbks"
+    assert json.loads((tmp_path / "two" / "model.json").read_text())["task"] == "polarity"
 
 
 def _assert_close(a, b, path=""):

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from scripts.data import SPLITS, _load_volume, build_simulated_datalist, mni152_template_paths
 from scripts.subjects import SimulateSubject, SubjectSettings
-from scripts.tasks import get_task, task_transforms
+from scripts.tasks import get_task, split_composition, task_transforms
 from scripts.transforms import HYPOINTENSE, InsertGaussianSignal, InsertLumpsd, mri_transforms
 
 SMALL = dict(subjects=(3, 2, 2), slices_per_subject=3)
@@ -54,6 +54,33 @@ def test_a_seeded_rebuild_gives_the_same_datalists_and_images(simulated, tmp_pat
     assert not np.array_equal(_voxels(other["test"][0]), _voxels(datalist["test"][0]))
     with pytest.raises(ValueError, match="test subject"):
         build_simulated_datalist(cache, counts=(1, 1, 1), subjects=(1, 1, 0))
+
+
+def test_small_counts_simulate_only_the_subjects_they_need_and_the_same_ones(simulated, tmp_path):
+    datalist, _ = simulated
+    small = build_simulated_datalist(tmp_path / "small", counts=(4, 0, 3), seed=0, **SMALL)
+    # ceil(4 / 3) = 2 of the 3 training subjects, none of validation, ceil(3 / 3) = 1 of the 2 test subjects: each
+    # the first of its split's block, so the same anatomy (and split) as in the full build
+    assert sorted({e["subject"] for e in small["training"]}) == ["sim0000", "sim0001"]
+    assert not small["validation"] and {e["subject"] for e in small["test"]} == {"sim0005"}
+    full = {(e["subject"], e["slice"]): e for s in SPLITS for e in datalist[s]}
+    for entry in small["training"] + small["test"]:
+        np.testing.assert_array_equal(_voxels(entry), _voxels(full[(entry["subject"], entry["slice"])]))
+    assert len(list((tmp_path / "small").rglob("*_t1.nii.gz"))) == 3 * 3  # 3 subjects x 3 slices were written
+    with pytest.raises(ValueError, match="slices_per_subject"):
+        build_simulated_datalist(tmp_path / "small", counts=(1, 0, 0), subjects=(1, 0, 0), slices_per_subject=0)
+
+
+def test_the_report_says_what_the_test_split_is_made_of(simulated):
+    datalist, _ = simulated
+    test = datalist["test"]  # 6 entries cycling over 2 subjects x 3 slices: each slice once
+    text = split_composition("polarity", test)
+    assert text.startswith("6 images of 6 distinct slices (3 per subject) from 2 subjects: simulated subjects")
+    doubled = test + [dict(e, seed=e["seed"] + 1) for e in test[:3]]  # the same slices again: no new slice
+    uneven = {(e["subject"], e["slice"]) for e in doubled}
+    assert split_composition("sksbks", doubled).startswith(f"9 images of {len(uneven)} distinct slices (3 per "
+                                                           "subject) from 2 subjects")
+    assert split_composition("oct", [{"patient": "p1"}, {"patient": "p1"}]) == "2 images from 1 patient"
 
 
 def test_t1_and_white_matter_are_warped_together():
@@ -127,7 +154,7 @@ def test_the_shipped_polarity_model_has_rank_two_on_most_test_images(tmp_path):
     from scripts.tasks import inference_datalist, inference_transforms
 
     bundle = Path(__file__).resolve().parents[1] / "bundle"
-    checkpoint = Path(shipped_models_dir(bundle, "polarity", "sksbks")) / "model.pt"
+    checkpoint = Path(shipped_models_dir(bundle, "polarity", "polarity")) / "model.pt"
     network = get_network("shallow_cnn", spatial_dims=2, in_channels=1, num_classes=3)
     load_checkpoint(network, checkpoint, expected={"task": "polarity", "network_name": "shallow_cnn"})
     network.eval()

@@ -44,7 +44,7 @@ def test_train_writes_the_best_checkpoint_and_tensorboard_logs(trained):
     state = torch.load(ckpt, weights_only=True)  # ignite saves a single object's state_dict itself
     assert "classifier.weight" in state
     stamp = json.loads(ckpt.with_suffix(".json").read_text())  # what it was trained for, beside it
-    assert stamp == {"task": "sksbks", "network_name": "shallow_cnn", "image_size": 64, "num_classes": 2}
+    assert stamp == {"task": "polarity", "network_name": "shallow_cnn", "image_size": 64, "num_classes": 3}
     shipped = json.loads((BUNDLE / "models" / "model.json").read_text())  # the shipped model's, same format
     assert shipped == stamp
     assert list((work / "logs").glob("events.out.tfevents.*"))
@@ -141,8 +141,8 @@ def test_inference_forms_users_type(trained, tmp_path, form):
     folder = run_folder(run.stdout)
     assert folder.parent == out.resolve() and [p.name for p in out.iterdir()] == [folder.name]
     rows = list(csv.DictReader((folder / "ifim.csv").open()))
-    assert len(rows) == 3 and all(r["name"].startswith("mni152_z") and "_seed" in r["name"] for r in rows)
-    assert all(r["label"] in ("0", "1") for r in rows)  # the synthetic images' truth, beside the prediction
+    assert len(rows) == 3 and all(r["name"].startswith("sim") and "_seed" in r["name"] for r in rows)
+    assert all(r["label"] in ("0", "1", "2") for r in rows)  # the synthetic images' truth, beside the prediction
     name = rows[0]["name"]
     image, sens, comp = (nib.load(str(folder / f"{name}_{key}.nii.gz")).get_fdata()
                          for key in ("image", "x_sens", "x_comp"))
@@ -160,7 +160,7 @@ def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
     sys.path.insert(0, str(BUNDLE))
     from scripts.networks import get_network
 
-    network = get_network("shallow_cnn", num_classes=2).eval()
+    network = get_network("shallow_cnn", num_classes=3).eval()  # the default task's three classes
     state = torch.load(ckpt, weights_only=True)
     network.load_state_dict(state)
     scripted = torch.jit.load(str(exported)).eval()
@@ -196,9 +196,9 @@ def test_unreadable_checkpoint_is_one_line_naming_it(trained, tmp_path, damage):
     assert not (tmp_path / "out").exists()
 
 
-def test_checkpoint_of_another_task_is_refused(trained, tmp_path):
-    """The shipped SKS/BKS model has 2 classes like CXR: only its stamp tells the tasks apart."""
-    _, _, ckpt = trained
+def test_checkpoint_of_another_task_is_refused(tmp_path):
+    """An SKS/BKS model has 2 classes like CXR: only its stamp tells the tasks apart."""
+    ckpt = BUNDLE / "models" / "sksbks" / "model.pt"
     image = tmp_path / "scans" / "a.png"
     image.parent.mkdir()
     from PIL import Image
@@ -268,7 +268,7 @@ def test_inference_on_a_folder_of_a_users_scans(trained, tmp_path):
     for row in rows:
         source = scans / row["name"]
         assert row["source"] == str(source)
-        assert float(row["p_0"]) + float(row["p_1"]) == pytest.approx(1, abs=1e-5)
+        assert sum(float(v) for k, v in row.items() if k.startswith("p_")) == pytest.approx(1, abs=1e-5)
         loaded = LoadImage(image_only=True, ensure_channel_first=True,
                            reader=image_readers()[image_format(source)])(str(source))  # (channels, *spatial)
         for key in ("x_sens", "x_comp"):

@@ -85,9 +85,9 @@ def test_training_is_deterministic_on_a_gpu_too(tmp_path):
 
 @pytest.mark.parametrize("config_file", [INFERENCE, [TRAIN, EVALUATE]])
 def test_another_offline_task_reads_its_own_shipped_model(tmp_path, config_file):
-    """The default task's model is models/model.pt; --task polarity reads (and train.yaml installs) models/polarity/."""
-    for task, expected in (("sksbks", ROOT / "bundle" / "models" / "model.pt"),
-                           ("polarity", ROOT / "bundle" / "models" / "polarity" / "model.pt")):
+    """The default task's model is models/model.pt; --task sksbks reads (and train.yaml installs) models/sksbks/."""
+    for task, expected in (("polarity", ROOT / "bundle" / "models" / "model.pt"),
+                           ("sksbks", ROOT / "bundle" / "models" / "sksbks" / "model.pt")):
         workflow = ConfigWorkflow(config_file=config_file, workflow_type="infer", meta_file=META, task=task,
                                   bundle_root=str(ROOT / "bundle"), **_tiny(tmp_path))
         workflow.parser.parse()

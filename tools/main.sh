@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash tools/setup.sh
 python="${IFIM_VENV:-.venv}/bin/python"
 if [ ! -f bundle/models/model.pt ]; then
-    echo "[main] no bundle/models/model.pt: training it first (about 20 minutes on 2 CPU cores)" >&2
+    echo "[main] no bundle/models/model.pt: training it first (about 12 minutes on 2 CPU cores)" >&2
     "$python" -m monai.bundle run --config_file bundle/configs/train.yaml --install_model true
 fi
 exec "$python" -m monai.bundle run inference --config_file bundle/configs/inference.yaml "$@"

@@ -11,7 +11,7 @@ from importlib import import_module
 _PUBLIC = {
     "attribution": ("MAP_METHODS", "MAPS", "DEFAULT_STUDY_METHODS", "attribute", "compute_maps"),
     "data": ("build_cxr_datalist", "build_hcp_datalist", "build_oct_datalist", "build_simulated_datalist",
-             "build_sksbks_datalist", "folder_datalist", "phantom_dataset", "phantom_slice", "write_datalist",
+             "folder_datalist", "phantom_dataset", "phantom_slice", "write_datalist",
              "SkippingDataset"),
     "handlers": ("AttributionStudyHandler", "IFIMCSVSaver", "IFIMHandler", "InputProgressBar"),
     "ifim": ("IFIMResult", "fisher_quadratic", "ifim_decompose", "predictive_probs"),

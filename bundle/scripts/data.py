@@ -9,17 +9,16 @@ Every builder returns a MONAI-style datalist ``{"training": [...], "validation":
 * :func:`build_cxr_datalist`: NIH ChestX-ray14, ``Data_Entry_2017_v2020.csv`` (or the first release's
   ``Data_Entry_2017.csv``) and ``images_*/images/*.png``.
 * :func:`build_hcp_datalist`: HCP-style subject folders with a T1w volume and a white-matter source.
-* :func:`build_sksbks_datalist`: the offline default, SKS/BKS on the MNI152 2009 templates inside nilearn's wheel.
-* :func:`build_simulated_datalist`: simulated subjects warped from the same templates (the ``polarity`` task).
+* :func:`build_simulated_datalist`: the offline tasks (``polarity``, ``sksbks``), simulated subjects warped from the
+  MNI152 2009 templates inside nilearn's wheel.
 * :func:`phantom_dataset`: an in-memory procedural SKS/BKS phantom for tests and quick demonstrations.
 * :func:`folder_datalist` and :class:`SkippingDataset`: a user's folder of scans for inference, where a file that
   cannot be read is skipped with a warning instead of ending the run.
 
-Splits never share a patient (OCT, CXR) or subject (HCP, simulated); the MNI default has one brain, so its splits
-use disjoint blocks of axial slices instead. The MRI builders cut axial slices once into small 2D NIfTI files under a
-cache folder (loading a whole volume per sample would dominate training time); each entry carries its own
-``seed``, which :func:`scripts.transforms.mri_transforms` uses for augmentation and the signal, so every entry is
-one fixed image, as in the paper's fixed SKS/BKS set.
+Splits never share a patient (OCT, CXR) or subject (HCP, simulated). The MRI builders cut axial slices once into
+small 2D NIfTI files under a cache folder (loading a whole volume per sample would dominate training time); each
+entry carries its own ``seed``, which :func:`scripts.transforms.mri_transforms` uses for augmentation and the
+signal, so every entry is one fixed image, as in the paper's fixed SKS/BKS set.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ from .subjects import SimulateSubject, SubjectSettings
 from .transforms import InsertGaussianSignald
 
 __all__ = ["phantom_slice", "phantom_dataset", "split_by_group", "write_datalist", "build_oct_datalist",
-           "build_cxr_datalist", "build_hcp_datalist", "build_sksbks_datalist", "build_simulated_datalist",
+           "build_cxr_datalist", "build_hcp_datalist", "build_simulated_datalist",
            "mni152_template_paths",
            "folder_datalist", "SkippingDataset", "SPLITS", "OCT_CLASSES", "NIH_CSV_NAMES", "read_nih_rows",
            "cxr_label", "read_nih_boxes"]
@@ -475,57 +474,6 @@ def _wm_probability(wm_path: Path) -> np.ndarray:
     return wm_raw / (255.0 if wm_raw.max() > 1 else 1.0)
 
 
-def _spread_slice_blocks(slices: Sequence[int], block: int, guard: int, seed: int) -> Dict[str, List[int]]:
-    """Assign axial slice indices to splits for a single brain.
-
-    Slices form blocks of ``block`` neighbours. Each run of 10 consecutive blocks gives one (seeded) block to
-    validation and one to test, so both held-out sets sample the whole inferior-superior range instead of one
-    anatomy. Training drops slices within ``guard`` of a held-out slice, since neighbouring slices are near copies.
-    """
-    blocks: Dict[int, List[int]] = defaultdict(list)
-    for z in sorted(slices):
-        blocks[z // block].append(z)
-    keys = sorted(blocks)
-    if len(keys) < 3:
-        raise ValueError(f"{len(keys)} blocks of {block} slices cannot make three disjoint splits; lower block.")
-    rng = np.random.RandomState(seed)
-    held = {"validation": [], "test": []}
-    for r in range(max(1, len(keys) // 10)):  # a short tail run stays in training, keeping the 8 : 1 : 1 ratio
-        val_block, test_block = rng.choice(keys[10 * r:10 * r + 10], size=2, replace=False)
-        held["validation"].extend(blocks[val_block])
-        held["test"].extend(blocks[test_block])
-    held_slices = set(held["validation"]) | set(held["test"])
-    training = [z for z in sorted(slices) if all(abs(z - h) > guard for h in held_slices)]
-    return {"training": training, **held}
-
-
-def build_sksbks_datalist(cache_dir: os.PathLike, counts: Sequence[int] = (8904, 1113, 1113), seed: int = 0,
-                          wm_threshold: float = 0.5, min_wm_voxels: int = 500, block: int = 4, guard: int = 1,
-                          output_json: Optional[os.PathLike] = None) -> Dict[str, List[dict]]:
-    """The offline default SKS/BKS task on the MNI152 2009 templates that ship inside nilearn's wheel.
-
-    Axial slices whose white-matter probability exceeds ``wm_threshold`` in at least ``min_wm_voxels`` voxels are
-    cut once into ``cache_dir``. One brain has no subjects to split, so slices are grouped into blocks of ``block``
-    neighbours; in every run of 10 blocks one goes to validation and one to test (seeded), so the held-out sets span
-    the brain, and training keeps no slice within ``guard`` of a held-out one. Background variability then comes
-    from the slice, a flip, a small affine and elastic deformation and intensity jitter, drawn per entry (see
-    :func:`scripts.transforms.mri_transforms`).
-
-    Args:
-        cache_dir: where the 2D slice files go (reused on later builds).
-        counts: entries for (training, validation, test); paper: 8904, 1113, 1113.
-        block: neighbouring slices per block; guard: slices dropped from training beside each held-out slice.
-    """
-    counts = _check_counts(counts)
-    t1_path, wm_path = mni152_template_paths()
-    wm = _wm_probability(wm_path) > wm_threshold
-    records = {r["slice"]: r for r in _axial_slices(t1_path, wm, Path(cache_dir), "mni152", min_wm_voxels)}
-    groups = _spread_slice_blocks(list(records), block, guard, seed)
-    datalist = {split: _slice_entries([records[z] for z in sorted(groups[split])], n, seed + i)
-                for i, (split, n) in enumerate(zip(SPLITS, counts))}
-    return _finish(datalist, output_json)
-
-
 def _subject_seed(seed: int, index: int) -> int:
     """Subject ``index``'s own seed: independent of how many subjects each split has."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
@@ -573,10 +521,14 @@ def build_simulated_datalist(cache_dir: os.PathLike, counts: Sequence[int] = (64
     as many equal bins of the range whose white matter covers at least ``min_wm_fraction`` of the largest slice's),
     cut once into ``cache_dir/simulated-<key>/`` (the key digests the templates, the settings and ``seed``). ``counts``
     entries per split cycle over the split's slices, each with its own ``seed`` for the chain's augmentation, lumps
-    and signal (:func:`scripts.transforms.mri_transforms`). Only the subjects of splits with entries are simulated.
+    and signal (:func:`scripts.transforms.mri_transforms`). Only the subjects a split's entries need are simulated:
+    the first ceil(entries / ``slices_per_subject``) of its block of ``subjects`` (a subject's index, and so its
+    anatomy and split, never depends on ``counts``).
     """
     counts = _check_counts(counts)
     subjects = _check_counts(subjects)
+    if slices_per_subject < 1:
+        raise ValueError(f"slices_per_subject must be at least 1, got {slices_per_subject}.")
     for split, n, m in zip(SPLITS, counts, subjects):
         if n and not m:
             raise ValueError(f"{n} {split} entries need at least one {split} subject; got subjects={subjects}.")
@@ -591,7 +543,7 @@ def build_simulated_datalist(cache_dir: os.PathLike, counts: Sequence[int] = (64
     first = np.cumsum((0,) + subjects)
     datalist = {}
     for i, (split, n) in enumerate(zip(SPLITS, counts)):
-        indices = range(first[i], first[i + 1]) if n else ()
+        indices = range(first[i], first[i] + min(subjects[i], -(-n // slices_per_subject)))
         records = [r for index in indices for r in _simulated_subject(
             t1, wm, simulate, seed, index, slices_per_subject, wm_threshold, min_wm_fraction, out_dir)]
         datalist[split] = _slice_entries(records, n, seed + i)

@@ -73,8 +73,11 @@ def _overlay_figure(examples: Sequence[dict], out: Path) -> Optional[str]:
 
 def _header(study: StudyResults, context: Mapping[str, object]) -> List[str]:
     parts = ["# iFIM evaluation report", ""]
-    if context:
-        parts += ["Run: " + ", ".join(f"{k} = `{v}`" for k, v in context.items()), ""]
+    settings = {k: v for k, v in context.items() if k != "test_set"}
+    if settings:
+        parts += ["Run: " + ", ".join(f"{k} = `{v}`" for k, v in settings.items()), ""]
+    if context.get("test_set"):
+        parts += [f"The test split: {context['test_set']}.", ""]
     primary = primary_endpoint(study)
     if primary:
         parts += ["## Primary endpoint", ""] + primary + [""]
@@ -169,7 +172,8 @@ def write_report(report_dir: os.PathLike, study: StudyResults, examples: Sequenc
         examples: :attr:`scripts.study.AttributionStudy.examples`, for the overlay figure.
         test_metrics: the evaluator's metrics (accuracy, precision, ...).
         seed_table: :func:`scripts.table2.seed_table`'s dict (Table II), if run.
-        context: run settings shown at the top (task, network, checkpoint, ...).
+        context: run settings shown at the top (task, network, checkpoint, ...); ``test_set``, what the test split
+            is made of (:func:`scripts.tasks.split_composition`), as a sentence of its own.
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
