@@ -1832,7 +1832,7 @@ class RhoSweep(Control):
         super().setup(study)
 
     def reset(self) -> None:
-        # f"rho {rho:g}" or the gradient -> (alpha, set) -> [(B, C) probabilities]
+        # f"{rho:g}" or the gradient's map name -> (alpha, set) -> [(B, C) probabilities]
         self.probabilities: Dict[str, Dict] = {}
         self.ks: Dict[str, List[int]] = {f"{r:g}": [] for r in self.rhos}
 
