@@ -16,13 +16,15 @@ bundle's ``models/model.pt``), ``device`` (default ``cpu``).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from pathlib import Path
 from typing import Any, Dict
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
 from monailabel.config import settings
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
@@ -74,6 +76,10 @@ class IFIMReviewApp(MONAILabelApp):
                          description="Input-dependent Fisher information: review the high-sensitivity region",
                          version=_bundle_version(self.bundle_root))
 
+    def on_init_complete(self) -> None:
+        super().on_init_complete()
+        _answer_malformed_json_with_400()
+
     def init_datastore(self) -> Datastore:
         return ReviewDatastore(self.studies, extensions=IMAGE_EXTENSIONS,
                                auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD)
@@ -88,7 +94,23 @@ class IFIMReviewApp(MONAILabelApp):
         return {"ifim_review": task}
 
 
-def _bundle_version(bundle_root: Path) -> str:
-    import json
+async def _malformed_json(request: Request, err: json.JSONDecodeError) -> JSONResponse:
+    return JSONResponse(status_code=400, content={"detail": (
+        f"{request.url.path}: the form field params is not JSON ({err.msg} at column {err.colno}); pass a JSON "
+        'object, e.g. {"top_percent": 5}.')})
 
+
+def _answer_malformed_json_with_400() -> None:
+    """MONAI Label's endpoints read the form field ``params`` with ``json.loads`` before the app sees the request,
+    so malformed JSON would be a bare HTTP 500 with the reason only in the server log. The server's FastAPI app is
+    already serving (this runs in its startup), and Starlette copies the exception handlers into its middleware
+    stack when it first builds it: so the handler is added and the stack dropped, to be rebuilt on the next
+    request."""
+    from monailabel.app import app  # the server's app: uvicorn has imported it to start this one
+
+    app.add_exception_handler(json.JSONDecodeError, _malformed_json)
+    app.middleware_stack = None
+
+
+def _bundle_version(bundle_root: Path) -> str:
     return json.loads((bundle_root / "configs" / "metadata.json").read_text()).get("version", "0")

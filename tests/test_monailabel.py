@@ -183,6 +183,15 @@ def test_a_bad_infer_request_is_a_4xx_with_its_reason(server, params, status, re
     assert response.status_code == status and reason in response.json()["detail"], response.text[-500:]
 
 
+@pytest.mark.parametrize("params", ["{top_percent: 5}", "not json", "{\"top_percent\": 5"])
+def test_params_that_are_not_json_are_a_400_naming_the_field(server, params):
+    """MONAI Label parses the form field itself, before the app sees the request."""
+    response = requests.post(f"{server[0]}/infer/ifim_review", params={"image": "axial", "output": "json"},
+                             data={"params": params}, timeout=300)
+    assert response.status_code == 400, response.text[-500:]
+    assert "the form field params is not JSON" in response.json()["detail"], response.text[-500:]
+
+
 def test_a_bad_label_upload_is_refused_and_writes_nothing(server, tmp_path):
     """A tag that climbs out of the studies folder, and a label of another shape: 400 and 422 with their reasons,
     no file written anywhere."""
