@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fake_datasets import make_scan_folder
+from zoo_checks import zoo_json_hooks_pass
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundle"
@@ -47,6 +48,7 @@ def test_train_writes_the_best_checkpoint_and_tensorboard_logs(trained):
     assert stamp == {"task": "polarity", "network_name": "shallow_cnn", "image_size": 64, "num_classes": 3}
     shipped = json.loads((BUNDLE / "models" / "model.json").read_text())  # the shipped model's, same format
     assert shipped == stamp
+    assert zoo_json_hooks_pass([ckpt.with_suffix(".json")], work / "hooks")  # as the zoo's pre-commit wants it
     assert list((work / "logs").glob("events.out.tfevents.*"))
     assert (work / "models" / "datalist.json").is_file()
 

@@ -10,10 +10,18 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from zoo_checks import zoo_json_hooks_pass
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "bundle" / "configs"
 TRAIN, EVALUATE, INFERENCE = (str(CONFIGS / f"{name}.yaml") for name in ("train", "evaluate", "inference"))
 META, LOGGING = str(CONFIGS / "metadata.json"), str(CONFIGS / "logging.conf")
+
+
+def test_the_bundle_json_files_pass_the_zoo_hooks(tmp_path):
+    """metadata.json and the shipped checkpoints' stamps, as the zoo's pre-commit checks every JSON file."""
+    paths = [CONFIGS / "metadata.json", *sorted((ROOT / "bundle" / "models").glob("**/model.json"))]
+    assert len(paths) >= 3 and zoo_json_hooks_pass(paths, tmp_path)
 
 
 def _workflow(config_file, workflow_type, **override):

@@ -401,7 +401,7 @@ class StampedCheckpointSaver(CheckpointSaver):
         path = model_stamp_path(self.checkpoint)
         if self.checkpoint.is_file() and not (path.is_file() and json.loads(path.read_text()) == self.stamp):
             with atomic_write(path) as tmp:
-                tmp.write_text(json.dumps(self.stamp, indent=2))
+                tmp.write_text(json.dumps(self.stamp, indent=4) + "\n")  # as the model zoo's pre-commit wants JSON
 
 
 class InstallCheckpoint:
